@@ -1,0 +1,3 @@
+from clusterimg.cli import main
+
+main()

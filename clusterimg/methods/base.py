@@ -1,0 +1,92 @@
+"""The backend interface every similarity method implements.
+
+A backend turns one decoded image into a feature (a numpy array, or a dict of
+numpy arrays, so features can be stored without pickle), and scores pairs of
+features as a similarity in [0, 1], higher meaning more alike. Scoring works on
+arrays of pair indices, so a backend can vectorise over many pairs at once.
+
+Optionally a backend proposes candidate pairs (an index: Hamming search, LSH,
+nearest neighbours) so that not every pair has to be scored; the pipeline then
+scores only those candidates. Grouping and output never see any of this.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Sequence, Union
+
+import numpy as np
+
+from clusterimg.images import load_image
+
+Feature = Union[np.ndarray, dict]
+
+
+@dataclass(frozen=True)
+class Option:
+    """A backend option, offered on the command line as ``--NAME``."""
+
+    name: str
+    type: Any  # a Python type or a click.Choice
+    default: Any
+    help: str
+
+
+class Method:
+    """Base class of the backends. Subclasses set the class attributes and
+    implement :meth:`extract` and :meth:`score`."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]  # one line: what the backend is good at
+    default_threshold: ClassVar[float]
+    options: ClassVar[tuple[Option, ...]] = ()
+    # Whether pair scores are expensive enough to be worth storing in the cache.
+    cache_scores: ClassVar[bool] = True
+    # Version of the feature format: bump it when extract() changes, so that
+    # cached features of an older format are never reused.
+    feature_version: ClassVar[int] = 1
+
+    def __init__(self, **values: Any):
+        known = {o.name: o for o in self.options}
+        unknown = set(values) - set(known)
+        if unknown:
+            raise ValueError(f"{self.name} has no option {', '.join(sorted(unknown))}")
+        self.params: dict[str, Any] = {
+            name: (values[name] if values.get(name) is not None else opt.default) for name, opt in known.items()
+        }
+        self.check_params()
+
+    def check_params(self) -> None:
+        """Raise ValueError with a user-facing message for impossible options."""
+
+    # -- decoding and features -------------------------------------------
+    decode_side: ClassVar[int | None] = 256  # longest side the backend needs
+    decode_gray: ClassVar[bool] = True
+
+    def decode(self, path) -> np.ndarray:
+        return load_image(path, max_side=self.decode_side, gray=self.decode_gray)
+
+    def extract(self, image: np.ndarray) -> Feature:
+        raise NotImplementedError
+
+    def feature(self, path) -> Feature:
+        """Decode and extract in one step (what a worker process runs)."""
+        return self.extract(self.decode(path))
+
+    # -- pair scoring and search -------------------------------------------
+    def stack(self, features: Sequence[Feature]) -> Any:
+        """Gather the features of one search (a batch, or the representatives)
+        into whatever structure makes scoring fast. Default: the list itself."""
+        return list(features)
+
+    def score(self, stacked: Any, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        """Similarities in [0, 1] of the pairs (i[k], j[k]) of a stack."""
+        raise NotImplementedError
+
+    def candidates(self, stacked: Any, floor: float) -> tuple[np.ndarray, np.ndarray] | None:
+        """Pairs (i < j) worth scoring when only pairs scoring >= ``floor`` are
+        wanted, or None to score every pair (the default)."""
+        return None
+
+    def describe(self) -> str:
+        opts = ", ".join(f"{k}={v}" for k, v in self.params.items())
+        return f"{self.name}({opts})"

@@ -1,0 +1,98 @@
+"""Candidate-pair generation: which pairs of a set of features get scored.
+
+Either every pair (generated in blocks, never all at once) or the candidates a
+backend's index proposes; in both cases the pairs are scored exactly and only
+those scoring at least ``floor`` are kept. Grouping sees only the result.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import numpy as np
+
+from clusterimg.methods.base import Method
+
+ScoreFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+# Called with the number of pairs about to be scored; returns an object with
+# update(k) usable as a context manager (a tqdm bar, or a no-op).
+BarFactory = Callable[[int], "object"]
+CHUNK = 4096  # pairs scored per call: bounds memory, lets progress move
+
+
+def all_pairs(n: int, chunk: int = CHUNK) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Every pair i < j of range(n), in chunks of about ``chunk`` pairs."""
+    start = 0
+    while start < n - 1:
+        rows = [start]
+        count = n - 1 - start
+        while rows[-1] + 1 < n - 1 and count + (n - 2 - rows[-1]) <= chunk:
+            rows.append(rows[-1] + 1)
+            count += n - 1 - rows[-1]
+        i = np.concatenate([np.full(n - 1 - r, r, dtype=np.int64) for r in rows])
+        j = np.concatenate([np.arange(r + 1, n, dtype=np.int64) for r in rows])
+        yield i, j
+        start = rows[-1] + 1
+
+
+def chunks(i: np.ndarray, j: np.ndarray, chunk: int = CHUNK) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    for k in range(0, len(i), chunk):
+        yield i[k : k + chunk], j[k : k + chunk]
+
+
+def find_pairs(
+    method: Method,
+    stacked,
+    n: int,
+    floor: float,
+    *,
+    exhaustive: bool = False,
+    group: np.ndarray | None = None,
+    score_fn: ScoreFn | None = None,
+    bar: BarFactory | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs (i, j, score) with i < j and score >= floor among ``n`` stacked features.
+
+    ``group`` (optional, one id per feature) excludes pairs within a group:
+    the merge stage uses it to skip pairs its batches already compared.
+    ``score_fn`` replaces the backend's scoring (the pipeline's cache uses it).
+    """
+    score_fn = score_fn or (lambda a, b: method.score(stacked, a, b))
+    proposed = None if exhaustive else method.candidates(stacked, floor)
+    if proposed is None:
+        total = n * (n - 1) // 2
+        pieces: Iterator = all_pairs(n)
+    else:
+        pi, pj = (np.asarray(a, dtype=np.int64) for a in proposed)
+        lo, hi = np.minimum(pi, pj), np.maximum(pi, pj)
+        key = np.unique(lo[lo != hi] * n + hi[lo != hi])  # sorted, deduplicated: deterministic
+        total = len(key)
+        pieces = chunks(key // n, key % n)
+    keep_i, keep_j, keep_s = [], [], []
+    with (bar or _NoBar)(total) as shown:
+        for i, j in pieces:
+            scored = len(i)
+            if group is not None:
+                differ = group[i] != group[j]
+                i, j = i[differ], j[differ]
+            if len(i):
+                s = np.asarray(score_fn(i, j), dtype=np.float64)
+                hit = s >= floor
+                keep_i.append(i[hit]), keep_j.append(j[hit]), keep_s.append(s[hit])
+            shown.update(scored)
+    if not keep_i:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)
+    return np.concatenate(keep_i), np.concatenate(keep_j), np.concatenate(keep_s)
+
+
+class _NoBar:
+    def __init__(self, total: int):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, k: int) -> None:
+        pass
