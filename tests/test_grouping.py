@@ -1,0 +1,63 @@
+"""Union-find chains, representatives, output order, and the pair search."""
+from __future__ import annotations
+
+import numpy as np
+
+from clusterimg.grouping import UnionFind, medoid, order_clusters
+from clusterimg.search import all_pairs, find_pairs
+
+
+def test_union_find_chains_pairs_transitively():
+    uf = UnionFind(6)
+    uf.union_pairs([0, 1, 4], [1, 2, 5])  # 0~1, 1~2 chain; 4~5
+    assert uf.groups() == [[0, 1, 2], [3], [4, 5]]
+
+
+def test_union_find_result_does_not_depend_on_union_order():
+    pairs = [(5, 3), (3, 9), (1, 0), (9, 7), (2, 8)]
+    a, b = UnionFind(10), UnionFind(10)
+    a.union_pairs(*zip(*pairs))
+    b.union_pairs(*zip(*reversed(pairs)))
+    assert a.groups() == b.groups()
+    assert [a.find(k) for k in range(10)] == [b.find(k) for k in range(10)]
+    assert a.find(9) == 3  # the root is the smallest member
+
+
+def test_groups_over_a_subset():
+    uf = UnionFind(5)
+    uf.union(3, 4)
+    assert uf.groups(range(2, 5)) == [[2], [3, 4]]
+
+
+def test_medoid_is_the_member_most_similar_to_the_others():
+    sim = np.array([[1.0, 0.9, 0.5], [0.9, 1.0, 0.9], [0.5, 0.9, 1.0]])
+    assert medoid(sim) == 1
+    assert medoid(np.ones((3, 3))) == 0  # ties: the first
+
+
+def test_clusters_are_ordered_by_size_then_first_path():
+    assert order_clusters([["z", "y"], ["c", "b", "a"], ["b2", "a2"]]) == [["a", "b", "c"], ["a2", "b2"], ["y", "z"]]
+
+
+def test_all_pairs_covers_every_pair_once_in_small_chunks():
+    for n in (0, 1, 2, 5, 31):
+        got = [(a, b) for i, j in all_pairs(n, chunk=7) for a, b in zip(i.tolist(), j.tolist())]
+        assert got == [(a, b) for a in range(n) for b in range(a + 1, n)]
+
+
+class Numbers:
+    """A toy backend: features are numbers, similarity 1 - |a - b|."""
+    def score(self, stacked, i, j):
+        return 1 - np.abs(stacked[i] - stacked[j])
+
+    def candidates(self, stacked, floor):
+        return None
+
+
+def test_find_pairs_keeps_pairs_at_or_above_the_floor_and_skips_same_group():
+    values = np.array([0.0, 0.05, 0.5, 0.52, 0.9])
+    i, j, s = find_pairs(Numbers(), values, 5, 0.9)
+    assert sorted(zip(i.tolist(), j.tolist())) == [(0, 1), (2, 3)]
+    assert np.all(s >= 0.9)
+    i, j, _ = find_pairs(Numbers(), values, 5, 0.9, group=np.array([0, 0, 1, 2, 2]))
+    assert list(zip(i.tolist(), j.tolist())) == [(2, 3)]
