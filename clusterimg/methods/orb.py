@@ -1,0 +1,288 @@
+"""ORB keypoints matched pair by pair and verified geometrically.
+
+The backend for copies that moved pixels around: big crops, rotations by
+90/180/270 degrees, mirror images and perspective warps, which defeat global
+fingerprints such as phash. Each image becomes up to ``orb_features`` ORB
+keypoints (position + 256-bit descriptor) found on a thumbnail whose longest
+side is ``orb_side``, both of the image and of its mirror image (ORB is
+rotation invariant but not mirror invariant). A pair is matched with a
+nearest-neighbour ratio test, a homography is fitted with RANSAC, and the pair
+scores only if the fit has enough inliers, a large enough share of the
+matches, and a plausible shape (no reflection, bounded zoom and shear, mild
+perspective): unrelated textured photos (foliage, star fields) produce a few
+dozen chance matches that an unconstrained fit happily accepts.
+
+Matching costs milliseconds per pair, so :meth:`ORB.candidates` proposes, for
+each image, its ``candidates`` nearest images by a bag of visual words over
+the same descriptors (fixed hashed vocabulary, idf-weighted cosine, mirror
+invariant), and only those pairs are verified.
+"""
+from __future__ import annotations
+
+import zlib
+
+import cv2
+import numpy as np
+
+from clusterimg.methods.base import Method, Option
+
+# A verified pair needs at least this many RANSAC inliers ...
+MIN_INLIERS = 12
+# ... and at least this share of the ratio-test matches as inliers.
+MIN_INLIER_RATIO = 0.25
+RATIO_TEST = 0.8  # Lowe's ratio: best match must beat the second best clearly
+RANSAC_PIXELS = 5.0  # reprojection tolerance on a thumbnail of ``orb_side``
+# Plausible transforms: zoom between 1/MAX_ZOOM and MAX_ZOOM, axes scaled
+# alike within MAX_SHEAR, and a perspective term that changes the local scale
+# across the image by at most a factor PERSPECTIVE_MAX.
+MAX_ZOOM = 4.0
+MAX_SHEAR = 2.0
+PERSPECTIVE_MAX = 2.0
+# Inliers must spread over the image, not lie in a thin strip: two photos with
+# the same caption text ("IMG 01234 holiday 2019") match along it and nowhere
+# else. Standard deviation across the narrowest axis, as a share of the side.
+MIN_SPREAD = 0.022
+# Inliers giving a score of 0.63, as a share of ``orb_features`` (40 of 500).
+EVIDENCE_SCALE = 0.08
+
+# Bag-of-words vocabulary: each table reads WORD_BITS fixed descriptor bits as
+# a word id. Bits are drawn once with a fixed seed, so the vocabulary never
+# depends on the data, the batch or the order of images.
+WORD_BITS = 16
+WORD_TABLES = 4
+_VOCAB_SEED = 20240611
+
+
+def _vocabulary_bits() -> np.ndarray:
+    """(WORD_TABLES, WORD_BITS) distinct bit positions in 0..255."""
+    rng = np.random.default_rng(_VOCAB_SEED)
+    return rng.permutation(256)[: WORD_TABLES * WORD_BITS].reshape(WORD_TABLES, WORD_BITS)
+
+
+VOCAB_BITS = _vocabulary_bits()
+
+
+def thumbnail(gray: np.ndarray, side: int) -> np.ndarray:
+    """Grayscale image resized (up or down) to longest side ``side``, so that
+    resized copies of a photo are seen at the same scale."""
+    h, w = gray.shape[:2]
+    scale = side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    return cv2.resize(gray, size, interpolation=interpolation)
+
+
+def detect(gray: np.ndarray, features: int) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 (n, 2) keypoint positions, uint8 (n, 32) descriptors)."""
+    orb = cv2.ORB_create(nfeatures=features, fastThreshold=10)
+    keypoints, descriptors = orb.detectAndCompute(gray, None)
+    if descriptors is None or not keypoints:
+        return np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8)
+    points = np.array([k.pt for k in keypoints], dtype=np.float32)
+    return points, np.ascontiguousarray(descriptors, dtype=np.uint8)
+
+
+def word_ids(descriptors: np.ndarray) -> np.ndarray:
+    """(n, WORD_TABLES) word ids, table t's ids offset by t * 2**WORD_BITS."""
+    bits = np.unpackbits(descriptors, axis=1)  # (n, 256)
+    weights = (1 << np.arange(WORD_BITS, dtype=np.int64))[::-1]
+    ids = bits[:, VOCAB_BITS].astype(np.int64) @ weights  # (n, tables)
+    return ids + (np.arange(WORD_TABLES, dtype=np.int64) << WORD_BITS)
+
+
+def ratio_matches(query: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (q, t) of descriptor pairs passing the ratio test."""
+    if len(query) < 2 or len(train) < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    knn = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(query, train, k=2)
+    q, t = [], []
+    for pair in knn:
+        if len(pair) == 2 and pair[0].distance < RATIO_TEST * pair[1].distance:
+            q.append(pair[0].queryIdx)
+            t.append(pair[0].trainIdx)
+    return np.asarray(q, np.int64), np.asarray(t, np.int64)
+
+
+def plausible(h: np.ndarray, side: int) -> bool:
+    """Whether homography ``h`` looks like a crop / zoom / rotation / mild
+    perspective of a photo, not a degenerate fit to chance matches."""
+    if h is None or not np.all(np.isfinite(h)) or abs(h[2, 2]) < 1e-12:
+        return False
+    h = h / h[2, 2]
+    a = h[:2, :2]
+    det = np.linalg.det(a)
+    if det <= 0:  # a reflection: mirrors are matched through mirrored descriptors
+        return False
+    s = np.linalg.svd(a, compute_uv=False)
+    zoom = np.sqrt(det)
+    if not 1 / MAX_ZOOM <= zoom <= MAX_ZOOM or s[0] / s[1] > MAX_SHEAR:
+        return False
+    # w = 1 + h20 x + h21 y scales the image locally by 1/w; over a thumbnail
+    # of ``side`` it must stay positive and vary by at most PERSPECTIVE_MAX.
+    corners = np.array([[0, 0], [side, 0], [0, side], [side, side]], np.float64)
+    w = 1 + corners @ h[2, :2]
+    return bool(w.min() > 0 and w.max() / w.min() <= PERSPECTIVE_MAX)
+
+
+def spread(points: np.ndarray) -> float:
+    """Standard deviation of points along their narrowest axis: small when
+    the points lie on a line or in a thin strip (e.g. a shared caption)."""
+    if len(points) < 3:
+        return 0.0
+    return float(np.sqrt(max(np.linalg.eigvalsh(np.cov(points.T.astype(np.float64)))[0], 0.0)))
+
+
+def verify(points_a, desc_a, points_b, desc_b, side: int) -> tuple[int, dict]:
+    """Inliers of the best plausible homography a -> b (0 when there is none)
+    and diagnostics."""
+    info = {}
+    q, t = ratio_matches(desc_a, desc_b)
+    info["matches"] = len(q)
+    if len(q) < MIN_INLIERS:
+        return 0, info
+    src, dst = points_a[q], points_b[t]
+    # Cheap screen: a similarity transform (2-point samples) with a loose
+    # tolerance rejects chance matches in few iterations.
+    sim, mask = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=3 * RANSAC_PIXELS,
+                                            maxIters=500, confidence=0.99, refineIters=0)
+    info["sim_inliers"] = 0 if mask is None else int(mask.sum())
+    if sim is None or info["sim_inliers"] < MIN_INLIERS or info["sim_inliers"] < MIN_INLIER_RATIO * len(q):
+        return 0, info
+    h, mask = cv2.findHomography(src, dst, cv2.RANSAC, RANSAC_PIXELS, maxIters=2000, confidence=0.995)
+    if h is None or mask is None:
+        return 0, info
+    keep = mask.ravel().astype(bool)
+    inliers = int(keep.sum())
+    info["inliers"] = inliers
+    info["plausible"] = plausible(h, side)
+    info["spread"] = min(spread(src[keep]), spread(dst[keep])) / side
+    if (inliers < MIN_INLIERS or inliers < MIN_INLIER_RATIO * len(q) or not info["plausible"]
+            or info["spread"] < MIN_SPREAD):
+        return 0, info
+    return inliers, info
+
+
+def shared_words(a: np.ndarray, b: np.ndarray) -> int:
+    """How many visual words two sorted unique word lists share."""
+    return len(np.intersect1d(a, b, assume_unique=True))
+
+
+def evidence_score(inliers: int, fewest_keypoints: int, scale: float) -> float:
+    """Verified inliers -> similarity in [0, 1].
+
+    Chance agreement is bounded by a count, not by a share, so the score grows
+    with the inlier count and saturates (``scale`` inliers give 0.63, three
+    times as many 0.95); a pair whose keypoints nearly all agree scores at
+    least that share, so an image with few keypoints can still reach 1.
+    """
+    if inliers <= 0:
+        return 0.0
+    share = inliers / max(fewest_keypoints, 1)
+    return float(min(1.0, max(1.0 - np.exp(-inliers / scale), share)))
+
+
+def orb_feature(gray: np.ndarray, side: int, features: int) -> dict:
+    """Keypoints, descriptors and visual words of an image and of its mirror."""
+    small = thumbnail(gray, side)
+    points, desc = detect(small, features)
+    points_m, desc_m = detect(np.ascontiguousarray(small[:, ::-1]), features)
+    return {
+        "points": points, "desc": desc, "words": np.unique(word_ids(desc)),
+        "points_m": points_m, "desc_m": desc_m, "words_m": np.unique(word_ids(desc_m)),
+        # order-free identity of the content, to score a pair the same way round
+        "key": np.array([zlib.crc32(desc.tobytes()), len(desc)], dtype=np.int64),
+    }
+
+
+def bag_of_words(features) -> "scipy.sparse.csr_matrix":
+    """Rows: idf-weighted, L2-normalised presence of the words of an image and
+    of its mirror (so an image and its mirror image get the same row)."""
+    from scipy import sparse
+
+    words = [np.union1d(f["words"], f["words_m"]) for f in features]
+    n, vocabulary = len(words), WORD_TABLES << WORD_BITS
+    counts = np.array([len(w) for w in words], dtype=np.int64)
+    cols = np.concatenate(words).astype(np.int64) if n else np.zeros(0, np.int64)
+    rows = np.repeat(np.arange(n), counts)
+    df = np.bincount(cols, minlength=vocabulary)
+    idf = np.log((n + 1) / (df + 1))  # a word in every image weighs 0
+    weights = idf[cols]
+    norms = np.sqrt(np.bincount(rows, weights=weights**2, minlength=n))
+    weights = np.where(norms[rows] > 0, weights / np.maximum(norms[rows], 1e-12), 0.0).astype(np.float32)
+    return sparse.csr_matrix((weights, (rows, cols)), shape=(n, vocabulary))
+
+
+def nearest(bow, k: int, block: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (i, j): each row's ``k`` most similar other rows (similarity > 0),
+    ties broken by index so the result never depends on anything else."""
+    n = bow.shape[0]
+    out_i, out_j = [], []
+    bow_t = bow.T.tocsc()
+    for start in range(0, n, block):
+        sims = (bow[start:start + block] @ bow_t).toarray()
+        rows = np.arange(sims.shape[0])
+        sims[rows, rows + start] = -1.0  # not itself
+        order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        keep = np.take_along_axis(sims, order, axis=1) > 0
+        out_i.append(np.repeat(rows + start, order.shape[1])[keep.ravel()])
+        out_j.append(order.ravel()[keep.ravel()])
+    if not out_i:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(out_i).astype(np.int64), np.concatenate(out_j).astype(np.int64)
+
+
+class ORB(Method):
+    name = "orb"
+    summary = "ORB keypoints + geometric check: crops, rotations, mirror images, perspective (slow)"
+    default_threshold = 0.57  # F1-best on the dev benchmark (calibrate.py --method orb)
+    options = (
+        Option("orb_features", int, 500, "orb: keypoints per image (more: slower, finds smaller overlaps)"),
+        Option("orb_side", int, 512, "orb: longest side in px of the thumbnail keypoints are found on"),
+        Option("candidates", int, 10, "nearest images per image that get the full comparison "
+                                      "(--exhaustive compares all pairs)"),
+    )
+    cache_scores = True
+    feature_version = 1
+
+    def check_params(self) -> None:
+        if not 50 <= self.params["orb_features"] <= 5000:
+            raise ValueError("--orb-features must be between 50 and 5000")
+        if not 64 <= self.params["orb_side"] <= 2048:
+            raise ValueError("--orb-side must be between 64 and 2048")
+        if self.params["candidates"] < 1:
+            raise ValueError("--candidates must be at least 1")
+        self.decode_side = self.params["orb_side"]  # decode no larger than the thumbnail
+
+    def extract(self, image: np.ndarray) -> dict:
+        if image.ndim == 3:
+            image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+        return orb_feature(np.ascontiguousarray(image, dtype=np.uint8), self.params["orb_side"],
+                           self.params["orb_features"])
+
+    def stack(self, features):
+        return {"features": list(features), "bow": None}
+
+    def pair_score(self, a: dict, b: dict) -> float:
+        """Similarity of two features; the same whichever comes first."""
+        if tuple(a["key"]) > tuple(b["key"]):
+            a, b = b, a
+        fewest = min(len(a["desc"]), len(b["desc"]))
+        if fewest == 0:
+            return 0.0
+        if np.array_equal(a["desc"], b["desc"]) and np.array_equal(a["points"], b["points"]):
+            return 1.0
+        # Match b as it is or mirrored, whichever shares more visual words with
+        # a: one descriptor matching per pair instead of two.
+        mirrored = shared_words(a["words"], b["words_m"]) > shared_words(a["words"], b["words"])
+        suffix = "_m" if mirrored else ""
+        inliers, _ = verify(a["points"], a["desc"], b["points" + suffix], b["desc" + suffix], self.params["orb_side"])
+        return evidence_score(inliers, fewest, EVIDENCE_SCALE * self.params["orb_features"])
+
+    def score(self, stacked, i, j):
+        feats = stacked["features"]
+        return np.array([self.pair_score(feats[a], feats[b]) for a, b in zip(i.tolist(), j.tolist())], dtype=np.float64)
+
+    def candidates(self, stacked, floor):
+        if stacked["bow"] is None:
+            stacked["bow"] = bag_of_words(stacked["features"])
+        return nearest(stacked["bow"], self.params["candidates"])
