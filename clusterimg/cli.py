@@ -10,6 +10,8 @@ from pathlib import Path
 import click
 
 from clusterimg import __version__
+from clusterimg import thresholds as th
+from clusterimg.cache import ENV_VAR, default_cache_dir, open_cache
 from clusterimg.errors import ClusterimgError
 from clusterimg.methods import available, get_method
 from clusterimg.output import TRANSFERS, build_manifest, finish_job, pending_job, prepare_out_dir, write_output
@@ -71,6 +73,23 @@ def friendly_errors(fn):
     return wrapper
 
 
+def cache_options(command):
+    """--cache-dir and --no-cache, shared by `run` and `threshold`."""
+    command = click.option("--no-cache", is_flag=True, help="Neither read nor write the cache.")(command)
+    return click.option(
+        "--cache-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+        help=f"Where features and pair scores are kept between runs. [default: ${ENV_VAR}, "
+             "else $XDG_CACHE_HOME/clusterimg or ~/.cache/clusterimg]")(command)
+
+
+def make_backend(method: str, kwargs: dict):
+    options = split_backend_options(method, kwargs)
+    try:
+        return get_method(method, **options), options
+    except ValueError as e:
+        raise click.UsageError(str(e))
+
+
 def show_progress(quiet: bool) -> bool:
     return not quiet and sys.stderr.isatty()
 
@@ -100,16 +119,17 @@ def main():
 @click.option("--exhaustive", is_flag=True, help="Score every pair instead of the method's candidate search.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest on stdout (the summary goes to stderr).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars and no summary.")
+@cache_options
 @backend_options
 @friendly_errors
 def run(folder, method, threshold, out, transfer, overwrite, batch_size, recursive, workers, exhaustive,
-        as_json, quiet, **kwargs):
-    """Cluster the images in FOLDER and write the clusters to an output folder."""
-    options = split_backend_options(method, kwargs)
-    try:
-        backend = get_method(method, **options)
-    except ValueError as e:
-        raise click.UsageError(str(e))
+        as_json, quiet, cache_dir, no_cache, **kwargs):
+    """Cluster the images in FOLDER and write the clusters to an output folder.
+
+    Features and pair scores are kept in a cache: another run on the same
+    folder (at another threshold, or after Ctrl-C) reuses them.
+    """
+    backend, _ = make_backend(method, kwargs)
     threshold = backend.default_threshold if threshold is None else threshold
     out = out if out is not None else folder.parent / f"{folder.resolve().name}_clustered"
     bars = tqdm_bars(show_progress(quiet))
@@ -127,12 +147,17 @@ def run(folder, method, threshold, out, transfer, overwrite, batch_size, recursi
                 f"input folder not found: {folder}" if not folder.exists() else f"input is not a folder: {folder}",
                 exit_code=2)
         inside = _is_inside(out, folder)
+        if not no_cache and _is_inside(cache_dir or default_cache_dir(), out):
+            raise click.UsageError("the cache folder cannot be inside the output folder (use --cache-dir)")
         prepare_out_dir(out, overwrite)
-        result = cluster_folder(
-            folder, backend, threshold, batch_size=batch_size, recursive=recursive,
-            workers=workers or os.cpu_count() or 1, exhaustive=exhaustive,
-            exclude=out if inside else None, bars=bars,
-        )
+        with open_cache(backend, cache_dir, enabled=not no_cache) or _nothing() as cache:
+            result = cluster_folder(
+                folder, backend, threshold, batch_size=batch_size, recursive=recursive,
+                workers=workers or os.cpu_count() or 1, exhaustive=exhaustive,
+                exclude=out if inside else None, bars=bars, cache=cache,
+            )
+        if cache is not None and not quiet:
+            say(cache_line(result.counts))
         params = dict(backend.params, batch_size=batch_size, exhaustive=exhaustive)
         manifest = build_manifest(result, method=method, threshold=threshold, params=params,
                                   input_arg=str(folder), transfer=transfer)
@@ -141,6 +166,24 @@ def run(folder, method, threshold, out, transfer, overwrite, batch_size, recursi
         click.echo(json.dumps(manifest, indent=1, ensure_ascii=False))
     if not quiet:
         say(summary_line(manifest, out))
+
+
+class _nothing:
+    """A stand-in context for "no cache"."""
+
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def cache_line(counts: dict) -> str:
+    text = (f"Cache: {counts.get('features_reused', 0)} images' features reused, "
+            f"{counts.get('features_read', 0)} read")
+    if counts.get("pairs_reused") or counts.get("pairs_scored"):
+        text += f"; {counts.get('pairs_reused', 0)} pair scores reused, {counts.get('pairs_scored', 0)} computed"
+    return text + "."
 
 
 def _is_inside(path: Path, folder: Path) -> bool:
@@ -156,6 +199,103 @@ def summary_line(manifest: dict, out: Path) -> str:
     return (f"{s['images']} images read, {s['skipped']} skipped: {s['clusters']} clusters, "
             f"{s['outliers']} outliers in {s['seconds']:.1f} s ({manifest['method']}, threshold "
             f"{manifest['threshold']:g}) -> {out / 'clusters.json'}")
+
+
+class ThresholdType(click.ParamType):
+    """A number between 0 and 1, with a message that says so."""
+
+    name = "threshold"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float):
+            return value
+        try:
+            number = float(str(value).strip())
+        except ValueError:
+            self.fail(f"{value!r} is not a number; enter a threshold between 0 and 1", param, ctx)
+        if not 0.0 <= number <= 1.0:
+            self.fail(f"{value} is not a threshold between 0 and 1", param, ctx)
+        return number
+
+
+@main.command("threshold")
+@click.argument("folder", type=click.Path(path_type=Path, file_okay=True, dir_okay=True))
+@click.option("--method", "-m", type=click.Choice(sorted(available())), default="phash", show_default=True,
+              help="Similarity backend (see `clusterimg methods`).")
+@click.option("--sample", "sample_size", type=click.IntRange(min=2), default=300, show_default=True,
+              help="Images drawn at random from FOLDER; all their candidate pairs are scored.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random sample.")
+@click.option("--recursive/--no-recursive", default=True, show_default=True, help="Descend into subfolders.")
+@click.option("--workers", "-j", type=click.IntRange(min=1), default=None,
+              help="Processes for reading images. [default: CPU count]")
+@click.option("--exhaustive", is_flag=True, help="Score every pair of the sample instead of the candidate search.")
+@click.option("--input/--no-input", "ask", default=None,
+              help="Ask for a threshold, or print the table and the suggestion and exit. [default: ask when "
+                   "stdin is a terminal]")
+@click.option("--plot", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Also draw the curve into this picture (needs `pip install 'clusterimg[plot]'`), and the "
+                   "borderline pairs into NAME-pairs.png.")
+@click.option("--examples", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Pairs shown just above and just below the chosen threshold.")
+@click.option("--run", "run_after", is_flag=True, help="Run the clustering at the chosen threshold.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@cache_options
+@backend_options
+@friendly_errors
+@click.pass_context
+def threshold_command(ctx, folder, method, sample_size, seed, recursive, workers, exhaustive, ask, plot,
+                      examples, run_after, quiet, cache_dir, no_cache, **kwargs):
+    """Find a threshold by looking: score a random sample of FOLDER and show
+    what each threshold would do, with a suggestion.
+
+    In a terminal it asks for a threshold (Enter takes the suggestion) and
+    prints the `clusterimg run` command, or runs it with --run. The features
+    and scores computed here are cached, so that run does not repeat them.
+    """
+    backend, options = make_backend(method, kwargs)
+    interactive = sys.stdin.isatty() if ask is None else ask
+    bars = tqdm_bars(show_progress(quiet))
+    with open_cache(backend, cache_dir, enabled=not no_cache) or _nothing() as cache:
+        sample = th.score_sample(folder, backend, sample_size, seed, recursive=recursive,
+                                 workers=workers or os.cpu_count() or 1, exhaustive=exhaustive,
+                                 cache=cache, bars=bars)
+    n = len(sample.paths)
+    rows = th.ladder_rows(n, sample.total, sample.i, sample.j, sample.s)
+    suggestion = th.suggest(rows, n)
+    for line in th.table_lines(rows, n, sample.total, suggestion, chart=interactive):
+        click.echo(line)
+    if suggestion is None:
+        click.echo(f"No pair of the sample scores {min(th.LADDER):g} or more: no suggestion "
+                   f"({method}'s default is {backend.default_threshold:g}).")
+    else:
+        click.echo(f"Suggested threshold: {suggestion.threshold:.2f}: {suggestion.reason}.")
+    default = suggestion.threshold if suggestion is not None else backend.default_threshold
+    chosen = default
+    if interactive:
+        chosen = click.prompt("Threshold (Enter takes the suggestion)", type=ThresholdType(),
+                              default=f"{default:.2f}", show_default=True)
+    if examples:
+        above, below = th.borderline_pairs(sample, chosen, examples)
+        click.echo(f"Pairs of the sample just above {chosen:g} (joined):")
+        for pair in above:
+            click.echo(f"  {pair.score:.3f}  {pair.a}  ~  {pair.b}")
+        click.echo(f"Pairs of the sample just below {chosen:g} (not joined):")
+        for pair in below:
+            click.echo(f"  {pair.score:.3f}  {pair.a}  ~  {pair.b}")
+    if plot is not None:
+        th.plot_curve(plot, rows, sample.total, suggestion, chosen)
+        strip = plot.with_name(f"{plot.stem}-pairs.png")
+        if examples:
+            th.contact_strip(strip, folder, above, below)
+        click.echo(f"Curve written to {plot}" + (f", borderline pairs to {strip}" if examples else ""))
+    command = th.run_command(str(folder), method, chosen, options, recursive=recursive, exhaustive=exhaustive,
+                             cache_dir=None if cache_dir is None else str(cache_dir), no_cache=no_cache)
+    if run_after:
+        click.echo(f"Running: {command}")
+        ctx.invoke(run, folder=folder, method=method, threshold=chosen, recursive=recursive, workers=workers,
+                   exhaustive=exhaustive, quiet=quiet, cache_dir=cache_dir, no_cache=no_cache, **options)
+    else:
+        click.echo(command)
 
 
 @main.command("methods")

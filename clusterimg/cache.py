@@ -1,0 +1,236 @@
+"""A cache of features and pair scores, so that re-thresholding, a run after
+`clusterimg threshold`, and a run started again after Ctrl-C cost little.
+
+One SQLite file (``cache.sqlite``) in a user cache folder. What is stored, and
+under which keys:
+
+- features: per (method key, file key). The method key names everything a
+  feature depends on (backend name, its ``feature_version``, its params, the
+  clusterimg version); the file key is the resolved path, size and mtime (ns).
+  A changed file has a new file key, so it is read again; another version or
+  other params have another method key, so their entries are never used.
+  Features are stored without pickle: ``np.savez`` of the array, or of each
+  array of a dict feature.
+- pair scores (backends with ``cache_scores``): every pair that was actually
+  scored, whatever its score, keyed by (method key, the two file keys). A pair
+  scored once is never scored again; a pair never proposed at an earlier
+  threshold (a candidate search depends on the threshold) is scored when it
+  first is. Storing all verified pairs, not only those above some floor, is
+  what lets a later run at a *lower* threshold tell "scored and low" from
+  "never scored".
+
+Writes are buffered and committed every ``COMMIT_EVERY`` items or
+``COMMIT_SECONDS``, whichever comes first, so a run killed part-way loses at
+most a second of work; a buffer is only ever complete items, so it is also
+committed when the run stops on Ctrl-C.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from clusterimg import __version__
+from clusterimg.errors import ClusterimgError
+from clusterimg.methods.base import Feature, Method
+
+CACHE_FILE = "cache.sqlite"
+ENV_VAR = "CLUSTERIMG_CACHE_DIR"
+SCHEMA = 1  # bump when the tables change: an older file is then started afresh
+COMMIT_EVERY = 64
+COMMIT_SECONDS = 1.0
+DICT_MARK = "__dict__"  # the one name a dict feature's arrays may not use
+ARRAY_NAME = "__array__"
+
+
+def default_cache_dir() -> Path:
+    """$CLUSTERIMG_CACHE_DIR, else $XDG_CACHE_HOME/clusterimg, else ~/.cache/clusterimg."""
+    if os.environ.get(ENV_VAR):
+        return Path(os.environ[ENV_VAR]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "clusterimg"
+
+
+# -- keys -----------------------------------------------------------------------
+
+
+def _int64_digest(text: str) -> int:
+    """A signed 64-bit integer digest (SQLite integers are signed 64-bit)."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big", signed=True)
+
+
+def method_key(method: Method) -> str:
+    """Everything a backend's features and scores depend on, as one string."""
+    return json.dumps(
+        {"method": method.name, "feature_version": method.feature_version,
+         "params": {k: method.params[k] for k in sorted(method.params)}, "clusterimg": __version__},
+        sort_keys=True, default=str,
+    )
+
+
+def file_key(path: str | os.PathLike) -> int | None:
+    """Identity of a file's current content: resolved path + size + mtime_ns.
+    None if the file cannot be stat'ed (it is then simply not cached)."""
+    try:
+        resolved = os.path.realpath(path)
+        st = os.stat(resolved)
+    except OSError:
+        return None
+    return _int64_digest(f"{resolved}\0{st.st_size}\0{st.st_mtime_ns}")
+
+
+# -- features without pickle ------------------------------------------------------
+
+
+def encode_feature(feature: Feature) -> bytes | None:
+    """Bytes of an array or a dict of arrays; None for anything else (not cached)."""
+    buf = io.BytesIO()
+    try:
+        if isinstance(feature, np.ndarray):
+            if feature.dtype.hasobject:
+                return None
+            np.savez(buf, **{ARRAY_NAME: feature})
+        elif isinstance(feature, dict):
+            arrays = {str(k): np.asarray(v) for k, v in feature.items()}
+            if DICT_MARK in arrays or any(a.dtype.hasobject for a in arrays.values()):
+                return None
+            np.savez(buf, **arrays, **{DICT_MARK: np.zeros(0)})
+        else:
+            return None
+    except (TypeError, ValueError):
+        return None
+    return buf.getvalue()
+
+
+def decode_feature(data: bytes) -> Feature:
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        if ARRAY_NAME in z.files:
+            return z[ARRAY_NAME]
+        return {name: z[name] for name in z.files if name != DICT_MARK}
+
+
+# -- the store -------------------------------------------------------------------
+
+
+class Cache:
+    """Features and scores of one backend configuration (``method``)."""
+
+    def __init__(self, folder: Path, method: Method):
+        self.folder = Path(folder)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.folder / CACHE_FILE, timeout=30)
+            self._setup()
+        except (OSError, sqlite3.Error) as e:
+            raise ClusterimgError(f"cannot open the cache in {self.folder}: {e} (use --cache-dir or --no-cache)")
+        self.method = method
+        self.mkey = _int64_digest(method_key(method))
+        self._features: list[tuple] = []
+        self._scores: list[tuple] = []
+        self._last_commit = time.monotonic()
+
+    def _setup(self) -> None:
+        self.db.execute("PRAGMA journal_mode=WAL")  # readers and one writer at once; crash-safe
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version != SCHEMA:
+            self.db.executescript("DROP TABLE IF EXISTS features; DROP TABLE IF EXISTS scores;")
+            self.db.execute(f"PRAGMA user_version={SCHEMA}")
+        self.db.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS features (
+                mkey INTEGER, fkey INTEGER, data BLOB NOT NULL, PRIMARY KEY (mkey, fkey)) WITHOUT ROWID;
+            CREATE TABLE IF NOT EXISTS scores (
+                mkey INTEGER, a INTEGER, b INTEGER, score REAL NOT NULL, PRIMARY KEY (mkey, a, b)) WITHOUT ROWID;
+            """
+        )
+        self.db.commit()
+
+    # -- features
+    def get_features(self, fkeys: Sequence[int | None]) -> dict[int, Feature]:
+        """Stored features of the given file keys (those that have one)."""
+        wanted = [k for k in fkeys if k is not None]
+        found: dict[int, Feature] = {}
+        for start in range(0, len(wanted), 500):  # stay under SQLite's variable limit
+            part = wanted[start : start + 500]
+            rows = self.db.execute(
+                f"SELECT fkey, data FROM features WHERE mkey=? AND fkey IN ({','.join('?' * len(part))})",
+                (self.mkey, *part),
+            )
+            for fkey, data in rows:
+                try:
+                    found[fkey] = decode_feature(data)
+                except (ValueError, OSError, KeyError):
+                    pass  # unreadable entry: extract again (it is replaced)
+        return found
+
+    def put_feature(self, fkey: int | None, feature: Feature) -> None:
+        data = None if fkey is None else encode_feature(feature)
+        if data is not None:
+            self._features.append((self.mkey, fkey, data))
+            self._maybe_commit()
+
+    # -- scores
+    def get_scores(self, fkeys: Sequence[int]) -> dict[tuple[int, int], float]:
+        """Stored scores of pairs among ``fkeys``, as {(a, b): score} with a < b."""
+        keys = sorted(set(fkeys))
+        self.db.execute("CREATE TEMP TABLE IF NOT EXISTS wanted (k INTEGER PRIMARY KEY)")
+        self.db.execute("DELETE FROM wanted")
+        self.db.executemany("INSERT INTO wanted VALUES (?)", ((k,) for k in keys))
+        rows = self.db.execute(
+            "SELECT s.a, s.b, s.score FROM wanted w JOIN scores s ON s.mkey=? AND s.a=w.k "
+            "WHERE s.b IN (SELECT k FROM wanted)",
+            (self.mkey,),
+        ).fetchall()
+        self.db.execute("DELETE FROM wanted")
+        return {(a, b): s for a, b, s in rows}
+
+    def put_scores(self, a: Iterable[int], b: Iterable[int], s: Iterable[float]) -> None:
+        """Store scores of pairs of file keys (each pair in either order)."""
+        for x, y, v in zip(a, b, s):
+            x, y = int(x), int(y)
+            self._scores.append((self.mkey, min(x, y), max(x, y), float(v)))
+        self._maybe_commit()
+
+    # -- writing
+    def _maybe_commit(self) -> None:
+        if (len(self._features) >= COMMIT_EVERY or len(self._scores) >= COMMIT_EVERY * 64
+                or time.monotonic() - self._last_commit >= COMMIT_SECONDS):
+            self.commit()
+
+    def commit(self) -> None:
+        if self._features:
+            self.db.executemany("INSERT OR REPLACE INTO features VALUES (?, ?, ?)", self._features)
+        if self._scores:
+            self.db.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?)", self._scores)
+        self.db.commit()
+        self._features, self._scores = [], []
+        self._last_commit = time.monotonic()
+
+    def close(self) -> None:
+        """Commit what is buffered (complete items only) and close."""
+        try:
+            self.commit()
+        finally:
+            self.db.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+def open_cache(method: Method, folder: Path | None, enabled: bool = True) -> Cache | None:
+    """The cache for ``method`` in ``folder`` (default: the user cache folder), or None when disabled."""
+    if not enabled:
+        return None
+    return Cache(folder if folder is not None else default_cache_dir(), method)
