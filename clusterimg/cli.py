@@ -24,22 +24,24 @@ def backend_options(command):
     Options of the same name in several backends share one flag; its default
     is None so each backend falls back to its own default.
     """
-    seen: dict[str, list[str]] = {}
+    defaults: dict[str, dict[str, object]] = {}  # option -> {backend: its default}
     specs = {}
     for name, cls in available().items():
         for opt in cls.options:
-            seen.setdefault(opt.name, []).append(name)
+            defaults.setdefault(opt.name, {})[name] = opt.default
             specs.setdefault(opt.name, opt)
     for opt_name in sorted(specs, reverse=True):
         opt = specs[opt_name]
         flag = "--" + opt_name.replace("_", "-")
-        if opt.type is bool:
-            decl = [f"{flag}/--no-{flag[2:]}"]
+        decl = [f"{flag}/--no-{flag[2:]}"] if opt.type is bool else [flag]
+        per_backend = defaults[opt_name]
+        if len(set(map(str, per_backend.values()))) == 1:
+            where = f"{', '.join(per_backend)}; default {opt.default}"
         else:
-            decl = [flag]
+            where = "default " + ", ".join(f"{b} {d}" for b, d in per_backend.items())
         command = click.option(
             *decl, opt_name, type=None if opt.type is bool else opt.type, default=None,
-            help=f"{opt.help} [{', '.join(seen[opt_name])}; default {opt.default}]",
+            help=f"{opt.help} [{where}]",
         )(command)
     return command
 

@@ -39,6 +39,35 @@ def chunks(i: np.ndarray, j: np.ndarray, chunk: int = CHUNK) -> Iterator[tuple[n
         yield i[k : k + chunk], j[k : k + chunk]
 
 
+def top_k_pairs(
+    similarity_rows: Callable[[int, int], np.ndarray], n: int, k: int, block: int = 512, above: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate pairs (i, j), i != j: each row's ``k`` most similar other rows
+    (only those scoring more than ``above``, when given).
+
+    ``similarity_rows(start, stop)`` returns the (stop - start, n) similarities
+    of rows start..stop-1 to all rows; blocks keep memory at block * n. Ties
+    are broken by index (stable sort), so the result is deterministic.
+    """
+    k = min(k, n - 1)
+    if k <= 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    out_i, out_j = [], []
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        sim = np.asarray(similarity_rows(start, stop), dtype=np.float64)
+        rows = np.arange(stop - start)
+        sim[rows, rows + start] = -np.inf  # never propose a self pair
+        # Rounding first makes the order immune to last-bit differences in BLAS.
+        order = np.argsort(-np.round(sim, 6), axis=1, kind="stable")[:, :k]
+        keep = np.ones(order.size, dtype=bool)
+        if above is not None:
+            keep = (np.take_along_axis(sim, order, axis=1) > above).ravel()
+        out_i.append(np.repeat(rows + start, k)[keep])
+        out_j.append(order.ravel()[keep])
+    return np.concatenate(out_i).astype(np.int64), np.concatenate(out_j).astype(np.int64)
+
+
 def find_pairs(
     method: Method,
     stacked,

@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from clusterimg.methods.base import Method, Option
+from clusterimg.search import top_k_pairs
 
 # A verified pair needs at least this many RANSAC inliers ...
 MIN_INLIERS = 12
@@ -212,23 +213,10 @@ def bag_of_words(features) -> "scipy.sparse.csr_matrix":
     return sparse.csr_matrix((weights, (rows, cols)), shape=(n, vocabulary))
 
 
-def nearest(bow, k: int, block: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (i, j): each row's ``k`` most similar other rows (similarity > 0),
-    ties broken by index so the result never depends on anything else."""
-    n = bow.shape[0]
-    out_i, out_j = [], []
+def nearest(bow, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (i, j): each row's ``k`` most similar other rows (cosine > 0)."""
     bow_t = bow.T.tocsc()
-    for start in range(0, n, block):
-        sims = (bow[start:start + block] @ bow_t).toarray()
-        rows = np.arange(sims.shape[0])
-        sims[rows, rows + start] = -1.0  # not itself
-        order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-        keep = np.take_along_axis(sims, order, axis=1) > 0
-        out_i.append(np.repeat(rows + start, order.shape[1])[keep.ravel()])
-        out_j.append(order.ravel()[keep.ravel()])
-    if not out_i:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    return np.concatenate(out_i).astype(np.int64), np.concatenate(out_j).astype(np.int64)
+    return top_k_pairs(lambda start, stop: (bow[start:stop] @ bow_t).toarray(), bow.shape[0], k, above=0.0)
 
 
 class ORB(Method):

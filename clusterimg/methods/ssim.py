@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 
 from clusterimg.methods.base import Method, Option
+from clusterimg.search import top_k_pairs
 
 K1, K2 = 0.01, 0.03
 DATA_RANGE = 255.0
@@ -108,29 +109,6 @@ def unit_descriptors(thumbs: np.ndarray, side: int = DESCRIPTOR_SIDE) -> np.ndar
     norm = np.linalg.norm(v, axis=1, keepdims=True)
     flat = np.array([np.ptp(t) < 2 * FLAT_STD for t in thumbs])[:, None]
     return np.divide(v, norm, out=np.zeros_like(v), where=(norm > 1e-6) & ~flat)
-
-
-def top_k_pairs(similarity_rows, n: int, k: int, block: int = 512) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's k most similar other rows, as pairs (i, j), i != j.
-
-    ``similarity_rows(start, stop)`` returns the (stop - start, n) similarities
-    of rows start..stop-1 to all rows; blocks keep memory at block * n. Ties
-    are broken by index (stable sort), so the result is deterministic.
-    """
-    k = min(k, n - 1)
-    if k <= 0:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
-    out_i, out_j = [], []
-    for start in range(0, n, block):
-        stop = min(start + block, n)
-        sim = np.asarray(similarity_rows(start, stop), dtype=np.float64)
-        rows = np.arange(stop - start)
-        sim[rows, rows + start] = -np.inf  # never propose a self pair
-        # Rounding first makes the order immune to last-bit differences in BLAS.
-        order = np.argsort(-np.round(sim, 6), axis=1, kind="stable")[:, :k]
-        out_i.append(np.repeat(rows + start, k))
-        out_j.append(order.ravel())
-    return np.concatenate(out_i).astype(np.int64), np.concatenate(out_j).astype(np.int64)
 
 
 class SSIM(Method):
