@@ -159,3 +159,20 @@ def test_options_and_pickle():
         get_method("tm", size=4)
     with pytest.raises(ValueError):
         get_method("tm", candidates=0)
+
+
+def test_large_searches_compute_template_spectra_per_block_with_the_same_scores(monkeypatch):
+    """Above KEEP_TEMPLATES_MAX images the stack keeps no template spectra (flat
+    memory); scoring must not change."""
+    import clusterimg.methods.tm as tm_module
+
+    rng = np.random.default_rng(5)
+    method = get_method("tm")
+    features = [rng.integers(0, 256, (48, 48)).astype(np.uint8) for _ in range(12)]
+    i, j = rng.integers(0, 12, 40), rng.integers(0, 12, 40)
+    kept = method.stack(features)
+    assert kept["templates"] is not None
+    monkeypatch.setattr(tm_module, "KEEP_TEMPLATES_MAX", 5)
+    lean = method.stack(features)
+    assert lean["templates"] is None
+    assert np.array_equal(method.score(kept, i, j), method.score(lean, i, j))

@@ -188,8 +188,8 @@ def orb_feature(gray: np.ndarray, side: int, features: int) -> dict:
     points, desc = detect(small, features)
     points_m, desc_m = detect(np.ascontiguousarray(small[:, ::-1]), features)
     return {
-        "points": points, "desc": desc, "words": np.unique(word_ids(desc)),
-        "points_m": points_m, "desc_m": desc_m, "words_m": np.unique(word_ids(desc_m)),
+        "points": points, "desc": desc, "words": np.unique(word_ids(desc)).astype(np.int32),
+        "points_m": points_m, "desc_m": desc_m, "words_m": np.unique(word_ids(desc_m)).astype(np.int32),
         # order-free identity of the content, to score a pair the same way round
         "key": np.array([zlib.crc32(desc.tobytes()), len(desc)], dtype=np.int64),
     }
@@ -230,7 +230,7 @@ class ORB(Method):
                                       "(--exhaustive compares all pairs)"),
     )
     cache_scores = True
-    feature_version = 1
+    feature_version = 2  # 2: visual words stored as int32 (vocabulary 4 << 16)
 
     def check_params(self) -> None:
         if not 50 <= self.params["orb_features"] <= 5000:

@@ -55,6 +55,28 @@ NORM_FLOOR = 1e-3  # windows (and templates) with less spread than this are flat
 PAIR_BLOCK = 128  # pairs per vectorised step: bounds the temporary arrays
 DESCRIPTOR_SIDE = 8  # side of the tiny descriptors that pick candidates
 WINDOW_POSITIONS = 3  # window positions per axis in the candidate descriptors
+# Template spectra cost ~94 KB an image. A search over at most this many images
+# keeps them all (fast); a bigger one (the merge stage of a large folder, where
+# nearly every image is a representative) computes them per block of pairs, so
+# memory stays flat as the folder grows.
+KEEP_TEMPLATES_MAX = 4000
+SPECTRA_CHUNK = 256  # images transformed at a time: bounds the float64 temporaries
+
+
+def template_spectra(thumbs: np.ndarray) -> np.ndarray:
+    """conj(FFT) of each thumbnail's zero-padded centre templates at every
+    scale, (n, scales, side, side//2 + 1) complex64: correlation is a product."""
+    n, side = len(thumbs), thumbs.shape[1] if len(thumbs) else 0
+    out = np.empty((n, len(SCALES), side, side // 2 + 1), np.complex64)
+    sides = template_sides(side) if n else []
+    for start in range(0, n, SPECTRA_CHUNK):
+        chunk = thumbs[start : start + SPECTRA_CHUNK]
+        padded = np.zeros((len(chunk), len(SCALES), side, side), np.float32)
+        for m, thumb in enumerate(chunk):
+            for k, t in enumerate(sides):
+                padded[m, k, :t, :t] = zero_mean_unit(centre_template(thumb, SCALES[k]))
+        out[start : start + len(chunk)] = np.conj(np.fft.rfft2(padded))
+    return out
 
 
 def centre_template(thumb: np.ndarray, scale: float, fraction: float | None = None) -> np.ndarray:
@@ -151,17 +173,15 @@ class TM(Method):
         thumbs = np.stack([detail(x) for x in raw]) if len(raw) else raw
         n = len(thumbs)
         sides = template_sides(side)
-        # conj(FFT) of each zero-padded template: correlation is a product.
-        templates = np.zeros((n, len(SCALES), side, side), np.float32)
-        norms = []
-        for k, t in enumerate(sides):
-            norms.append(np.stack([window_norms(x, t) for x in thumbs]) if n else np.zeros((0, side - t + 1, side - t + 1), np.float32))
-            for m in range(n):
-                templates[m, k, :t, :t] = zero_mean_unit(centre_template(thumbs[m], SCALES[k]))
+        spectra = np.empty((n, side, side // 2 + 1), np.complex64)
+        for start in range(0, n, SPECTRA_CHUNK):
+            spectra[start : start + SPECTRA_CHUNK] = np.fft.rfft2(thumbs[start : start + SPECTRA_CHUNK])
         return {
-            "spectra": np.fft.rfft2(thumbs).astype(np.complex64),
-            "templates": np.conj(np.fft.rfft2(templates)).astype(np.complex64),
-            "norms": norms,
+            "thumbs": thumbs,
+            "spectra": spectra,
+            "templates": template_spectra(thumbs) if n <= KEEP_TEMPLATES_MAX else None,
+            "norms": [np.stack([window_norms(x, t) for x in thumbs]) if n else
+                      np.zeros((0, side - t + 1, side - t + 1), np.float32) for t in sides],
             "sides": np.asarray(sides),
             "mean": raw.mean(axis=(1, 2)) if n else np.zeros(0, np.float32),
             "flat": raw.std(axis=(1, 2)) < FLAT_STD if n else np.zeros(0, bool),
@@ -196,7 +216,12 @@ class TM(Method):
 def best_match(stacked: dict, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Best TM_CCOEFF_NORMED of a's centre templates (all scales) inside b."""
     side = stacked["spectra"].shape[1]
-    product = stacked["templates"][a] * stacked["spectra"][b][:, None]  # (pairs, scales, side, side//2+1)
+    if stacked["templates"] is not None:
+        templates = stacked["templates"][a]
+    else:
+        unique, where = np.unique(a, return_inverse=True)
+        templates = template_spectra(stacked["thumbs"][unique])[where]
+    product = templates * stacked["spectra"][b][:, None]  # (pairs, scales, side, side//2+1)
     corr = np.fft.irfft2(product, s=(side, side))
     best = np.full(len(a), -1.0)
     for k, t in enumerate(stacked["sides"]):
