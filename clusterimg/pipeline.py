@@ -22,7 +22,7 @@ from clusterimg.errors import ClusterimgError, ImageReadError
 from clusterimg.grouping import UnionFind, medoid, order_clusters
 from clusterimg.images import Skipped, discover
 from clusterimg.methods.base import Feature, Method
-from clusterimg.search import find_pairs
+from clusterimg.search import NoBar, find_pairs
 
 # Clusters up to this size get their representative from the full matrix of
 # member similarities; larger ones from the sum of their found pair scores.
@@ -54,9 +54,7 @@ class Result:
 
 def no_bar(desc: str):
     """A bar factory that shows nothing."""
-    from clusterimg.search import _NoBar
-
-    return _NoBar
+    return NoBar
 
 
 def tqdm_bars(enabled: bool) -> Callable[[str], Callable[[int], object]]:

@@ -97,7 +97,7 @@ def find_pairs(
         total = len(key)
         pieces = chunks(key // n, key % n)
     keep_i, keep_j, keep_s = [], [], []
-    with (bar or _NoBar)(total) as shown:
+    with (bar or NoBar)(total) as shown:
         for i, j in pieces:
             scored = len(i)
             if group is not None:
@@ -113,7 +113,7 @@ def find_pairs(
     return np.concatenate(keep_i), np.concatenate(keep_j), np.concatenate(keep_s)
 
 
-class _NoBar:
+class NoBar:
     def __init__(self, total: int):
         pass
 

@@ -13,11 +13,11 @@ from clusterimg.errors import ClusterimgError
 from clusterimg.images import Skipped
 from clusterimg.output import build_manifest, finish_job, pending_job, prepare_out_dir, unique_name, write_output
 from clusterimg.pipeline import Cluster, Result
-from clusterimg.search import _NoBar
+from clusterimg.search import NoBar
 
 
 def quiet_bar(total):
-    return _NoBar(total)
+    return NoBar(total)
 
 
 def sample_tree(root: Path) -> Result:

@@ -31,6 +31,12 @@ class Option:
     help: str
 
 
+def candidates_option(default: int) -> Option:
+    """The shared ``--candidates`` option of backends with a nearest-neighbour search."""
+    return Option("candidates", int, default,
+                  "nearest images per image that get the full comparison (--exhaustive: all pairs)")
+
+
 class Method:
     """Base class of the backends. Subclasses set the class attributes and
     implement :meth:`extract` and :meth:`score`."""
@@ -53,6 +59,8 @@ class Method:
         self.params: dict[str, Any] = {
             name: (values[name] if values.get(name) is not None else opt.default) for name, opt in known.items()
         }
+        if self.params.get("candidates", 1) < 1:
+            raise ValueError("--candidates must be at least 1")
         self.check_params()
 
     def check_params(self) -> None:

@@ -24,7 +24,7 @@ import zlib
 import cv2
 import numpy as np
 
-from clusterimg.methods.base import Method, Option
+from clusterimg.methods.base import Method, Option, candidates_option
 from clusterimg.search import top_k_pairs
 
 # A verified pair needs at least this many RANSAC inliers ...
@@ -226,8 +226,7 @@ class ORB(Method):
     options = (
         Option("orb_features", int, 500, "orb: keypoints per image (more: slower, finds smaller overlaps)"),
         Option("orb_side", int, 512, "orb: longest side in px of the thumbnail keypoints are found on"),
-        Option("candidates", int, 10, "nearest images per image that get the full comparison "
-                                      "(--exhaustive compares all pairs)"),
+        candidates_option(10),
     )
     cache_scores = True
     feature_version = 2  # 2: visual words stored as int32 (vocabulary 4 << 16)
@@ -237,8 +236,6 @@ class ORB(Method):
             raise ValueError("--orb-features must be between 50 and 5000")
         if not 64 <= self.params["orb_side"] <= 2048:
             raise ValueError("--orb-side must be between 64 and 2048")
-        if self.params["candidates"] < 1:
-            raise ValueError("--candidates must be at least 1")
         self.decode_side = self.params["orb_side"]  # decode no larger than the thumbnail
 
     def extract(self, image: np.ndarray) -> dict:

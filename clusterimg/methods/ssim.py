@@ -28,7 +28,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from clusterimg.methods.base import Method, Option
+from clusterimg.methods.base import Method, Option, candidates_option
 from clusterimg.search import top_k_pairs
 
 K1, K2 = 0.01, 0.03
@@ -117,7 +117,7 @@ class SSIM(Method):
     default_threshold = 0.52  # F1-best on the dev benchmark (benchmarks/calibrate.py)
     options = (
         Option("size", int, 32, "ssim/tm: thumbnail side in pixels"),
-        Option("candidates", int, 15, "nearest images per image whose pairs are scored (with --exhaustive: all pairs)"),
+        candidates_option(15),
     )
     decode_gray = True
     decode_side = 64  # for the default size; __init__ sets it from --size
@@ -126,8 +126,6 @@ class SSIM(Method):
     def check_params(self) -> None:
         if not 2 * RADIUS + 8 <= self.params["size"] <= 512:
             raise ValueError(f"--size must be between {2 * RADIUS + 8} and 512 for ssim")
-        if self.params["candidates"] < 1:
-            raise ValueError("--candidates must be at least 1")
         # Decode at twice the thumbnail side, so that the short side of a
         # landscape or portrait photo is still shrunk (averaged), not enlarged.
         self.decode_side = 2 * self.params["size"]

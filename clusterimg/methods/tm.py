@@ -36,7 +36,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from clusterimg.methods.base import Method, Option
+from clusterimg.methods.base import Method, Option, candidates_option
 from clusterimg.methods.ssim import FLAT_STD, flat_rule, thumbnail
 from clusterimg.search import top_k_pairs
 
@@ -150,7 +150,7 @@ class TM(Method):
     default_threshold = 0.77  # F1-best on the dev benchmark (benchmarks/calibrate.py)
     options = (
         Option("size", int, 48, "ssim/tm: thumbnail side in pixels"),
-        Option("candidates", int, 15, "nearest images per image whose pairs are scored (with --exhaustive: all pairs)"),
+        candidates_option(15),
     )
     decode_gray = True
     decode_side = 96  # for the default size; check_params sets it from --size
@@ -159,8 +159,6 @@ class TM(Method):
     def check_params(self) -> None:
         if not 16 <= self.params["size"] <= 256:
             raise ValueError("--size must be between 16 and 256 for tm")
-        if self.params["candidates"] < 1:
-            raise ValueError("--candidates must be at least 1")
         # Decode at twice the thumbnail side, so that both sides are shrunk.
         self.decode_side = 2 * self.params["size"]
 
