@@ -147,8 +147,9 @@ def suggest(rows: Sequence[Row], n_sample: int) -> Suggestion | None:
     same = lambda r: (r.pairs, r.images, r.clusters) == (low.pairs, low.images, low.clusters)
     pick = next(r for r in best if same(r))
     below = next((r for r in rows if r.threshold < low.threshold), None)
+    sizes = f"{high.largest}" if high.largest == low.largest else f"{high.largest}-{low.largest}"
     reason = (f"from {high.threshold:.2f} down to {low.threshold:.2f} the largest cluster stays at "
-              f"{high.largest}-{low.largest} of the {n_sample} sampled images (the widest stable band)")
+              f"{sizes} of the {n_sample} sampled images (the widest stable band)")
     if below is not None:
         reason += (f"; at {below.threshold:.2f} it grows to {below.largest}: unrelated images start to "
                    "chain together")
