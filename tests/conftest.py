@@ -64,3 +64,11 @@ def private_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("CLUSTERIMG_CACHE_DIR", str(folder))
     monkeypatch.setenv("XDG_CACHE_HOME", str(folder))
     return folder
+
+
+def pair_scores(method, images, pairs) -> np.ndarray:
+    """A backend's scores of (i, j) pairs of decoded images."""
+    stacked = method.stack([method.extract(im) for im in images])
+    i = np.array([p[0] for p in pairs], dtype=np.int64)
+    j = np.array([p[1] for p in pairs], dtype=np.int64)
+    return method.score(stacked, i, j)

@@ -12,6 +12,7 @@ from skimage import data
 from skimage.metrics import structural_similarity
 
 from clusterimg.methods import get_method
+from conftest import pair_scores as scores
 from clusterimg.methods.ssim import SSIM
 
 
@@ -47,13 +48,6 @@ EDITS = {
     "low_contrast": lambda im: np.clip((im.astype(np.float32) - 128) * 0.7 + 128, 0, 255).astype(np.uint8),
     "blur": lambda im: cv2.GaussianBlur(im, (0, 0), 2.0),
 }
-
-
-def scores(method, images, pairs):
-    stacked = method.stack([method.extract(im) for im in images])
-    i = np.array([p[0] for p in pairs], dtype=np.int64)
-    j = np.array([p[1] for p in pairs], dtype=np.int64)
-    return method.score(stacked, i, j)
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import pytest
 from skimage import data
 
 from clusterimg.methods import get_method
+from conftest import pair_scores as scores
 from clusterimg.methods.tm import SCALES, TM, centre_template, detail
 
 
@@ -48,13 +49,6 @@ EDITS = {
     "border": lambda im: border(im, 0.07, 90),
     "resize": lambda im: cv2.resize(im, (im.shape[1] // 2, im.shape[0] // 2), interpolation=cv2.INTER_AREA),
 }
-
-
-def scores(method, images, pairs):
-    stacked = method.stack([method.extract(im) for im in images])
-    i = np.array([p[0] for p in pairs], dtype=np.int64)
-    j = np.array([p[1] for p in pairs], dtype=np.int64)
-    return method.score(stacked, i, j)
 
 
 @pytest.fixture(scope="module")
