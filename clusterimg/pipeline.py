@@ -236,10 +236,9 @@ class Edges:
 
 
 def similarity_to(
-    method: Method, features: Sequence[Feature], members: Sequence[int], rep: int, scorer: PairScorer | None = None
+    method: Method, features: Sequence[Feature], members: Sequence[int], rep: int, scorer: PairScorer
 ) -> np.ndarray:
     """Scores of every member against member ``rep`` (positions in ``members``)."""
-    scorer = scorer or PairScorer(method, [])
     stacked = method.stack([features[k] for k in members])
     others = np.array([p for p in range(len(members)) if p != rep], dtype=np.int64)
     scores = np.ones(len(members))
@@ -250,7 +249,7 @@ def similarity_to(
 
 def choose_representative(
     method: Method, features: Sequence[Feature], members: Sequence[int], strength: np.ndarray | None,
-    scorer: PairScorer | None = None,
+    scorer: PairScorer,
 ) -> tuple[int, np.ndarray]:
     """(position of the representative in ``members``, each member's score to it).
 
@@ -260,7 +259,6 @@ def choose_representative(
     """
     if len(members) == 1:
         return 0, np.ones(1)
-    scorer = scorer or PairScorer(method, [])
     if len(members) <= FULL_MATRIX_MAX:
         stacked = method.stack([features[k] for k in members])
         iu, ju = np.triu_indices(len(members), k=1)
@@ -327,6 +325,7 @@ def summarise(
     scorer: PairScorer | None = None,
 ) -> tuple[list[Cluster], list[str]]:
     """Clusters (ordered for output, with representatives and scores) and outliers."""
+    scorer = scorer or PairScorer(method, [])
     strength = edges.strength(len(features))
     clusters, outliers = [], []
     for members in groups:

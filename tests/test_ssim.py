@@ -102,28 +102,6 @@ def test_vectorised_ssim_agrees_with_skimage(size):
     assert np.allclose(ours, np.clip(reference, 0, 1), atol=1e-3)
 
 
-def test_blank_and_one_pixel_images(method):
-    images = [np.zeros((1, 1), np.uint8), np.full((40, 60), 255, np.uint8), np.zeros((300, 200), np.uint8),
-              data.camera(), data.moon()]
-    stacked = method.stack([method.extract(im) for im in images])
-    i, j = np.triu_indices(len(images), k=0)
-    s = method.score(stacked, i.astype(np.int64), j.astype(np.int64))
-    table = dict(zip(zip(i.tolist(), j.tolist()), s))
-    for flat in (0, 1, 2):
-        for photo in (3, 4):
-            assert table[(flat, photo)] == 0.0  # no structure, nothing in common
-    assert table[(0, 2)] == pytest.approx(1.0)  # two black frames: same level
-    assert table[(1, 2)] < 0.01  # white vs black
-    assert all(table[(k, k)] == pytest.approx(1.0) for k in range(len(images)))
-
-
-def test_empty_stack_and_candidates(method):
-    stacked = method.stack([])
-    assert len(method.score(stacked, np.empty(0, np.int64), np.empty(0, np.int64))) == 0
-    i, j = method.candidates(stacked, 0.5)
-    assert len(i) == len(j) == 0
-
-
 def test_candidates_propose_the_true_partner():
     method = get_method("ssim", candidates=3)
     originals = list(photos().values())
