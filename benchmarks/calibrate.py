@@ -26,11 +26,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clusterimg.grouping import UnionFind  # noqa: E402
+from clusterimg.clustering.threshold import UnionFind  # noqa: E402
 from clusterimg.images import discover  # noqa: E402
-from clusterimg.methods import available, get_method  # noqa: E402
-from clusterimg.pipeline import extract_features  # noqa: E402
-from clusterimg.search import find_pairs  # noqa: E402
+from clusterimg.features import available, get_method  # noqa: E402
+from clusterimg.engine.pipeline import extract_features  # noqa: E402
+from clusterimg.engine.search import find_pairs  # noqa: E402
 
 DEFAULT_BENCH = Path(__file__).resolve().parents[2] / "shared" / "bench" / "dev"
 

@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from calibrate import DEFAULT_BENCH, labels_at, pairwise_scores  # noqa: E402
 from clusterimg.images import discover  # noqa: E402
-from clusterimg.methods import available, get_method  # noqa: E402
-from clusterimg.pipeline import extract_features  # noqa: E402
-from clusterimg.search import find_pairs  # noqa: E402
+from clusterimg.features import available, get_method  # noqa: E402
+from clusterimg.engine.pipeline import extract_features  # noqa: E402
+from clusterimg.engine.search import find_pairs  # noqa: E402
 
 
 def main() -> int:

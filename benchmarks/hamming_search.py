@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clusterimg.hamming import all_pairs_within, index_plan, pairs_within  # noqa: E402
+from clusterimg.engine.hamming import all_pairs_within, index_plan, pairs_within  # noqa: E402
 
 
 def random_hashes_with_planted_pairs(n: int, planted: int, max_distance: int, seed: int):

@@ -39,7 +39,7 @@ import numpy as np
 
 from clusterimg import __version__
 from clusterimg.errors import ClusterimgError
-from clusterimg.methods.base import Feature, Method
+from clusterimg.features.base import Feature, Method
 
 CACHE_FILE = "cache.sqlite"
 ENV_VAR = "CLUSTERIMG_CACHE_DIR"

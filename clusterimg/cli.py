@@ -13,9 +13,9 @@ from clusterimg import __version__
 from clusterimg import thresholds as th
 from clusterimg.cache import ENV_VAR, default_cache_dir, open_cache
 from clusterimg.errors import ClusterimgError
-from clusterimg.methods import available, get_method
+from clusterimg.features import available, get_method
 from clusterimg.output import TRANSFERS, build_manifest, finish_job, pending_job, prepare_out_dir, write_output
-from clusterimg.pipeline import cluster_folder, tqdm_bars
+from clusterimg.engine.pipeline import cluster_folder, tqdm_bars
 
 
 def backend_options(command):

@@ -19,11 +19,11 @@ import numpy as np
 
 from clusterimg.cache import Cache
 from clusterimg.errors import ClusterimgError
-from clusterimg.grouping import UnionFind
+from clusterimg.clustering.threshold import UnionFind
 from clusterimg.images import discover
-from clusterimg.methods.base import Method
-from clusterimg.pipeline import PairScorer, extract_features, no_bar
-from clusterimg.search import find_pairs
+from clusterimg.features.base import Method
+from clusterimg.engine.pipeline import PairScorer, extract_features, no_bar
+from clusterimg.engine.search import find_pairs
 
 # Thresholds the table is computed for (the suggestion is chosen among them).
 LADDER = tuple(round(0.05 + 0.01 * k, 2) for k in range(95))  # 0.05 .. 0.99

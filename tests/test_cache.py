@@ -12,9 +12,9 @@ from click.testing import CliRunner
 
 from clusterimg.cache import Cache, decode_feature, encode_feature, file_key, open_cache
 from clusterimg.cli import main
-from clusterimg.methods import get_method
-from clusterimg.methods.phash import PHash
-from clusterimg.pipeline import cluster_folder
+from clusterimg.features import get_method
+from clusterimg.features.phash import PHash
+from clusterimg.engine.pipeline import cluster_folder
 
 
 @pytest.fixture(autouse=True)
@@ -111,7 +111,7 @@ def test_rethreshold_scores_nothing_again_and_matches_cold_run(photo_folder, sco
 
 
 def test_cached_features_give_the_same_result_with_pool(photo_folder, monkeypatch):
-    import clusterimg.pipeline as pipeline
+    import clusterimg.engine.pipeline as pipeline
 
     monkeypatch.setattr(pipeline, "MIN_IMAGES_FOR_POOL", 2)  # use real worker processes
     method = get_method("phash")

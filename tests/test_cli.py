@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from clusterimg import output, pipeline
+from clusterimg import output
+from clusterimg.engine import pipeline
 from clusterimg.cli import main
 from conftest import make_photo, write_photo
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from clusterimg.grouping import UnionFind, medoid, order_clusters
-from clusterimg.search import all_pairs, find_pairs
+from clusterimg.clustering.threshold import UnionFind, medoid, order_clusters
+from clusterimg.engine.search import all_pairs, find_pairs
 
 
 def test_union_find_chains_pairs_transitively():

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from clusterimg.hamming import (
+from clusterimg.engine.hamming import (
     all_pairs_within, chunk_radii, hamming, indexed_pairs_within, pairs_within,
 )
 

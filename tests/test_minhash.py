@@ -3,9 +3,9 @@ import cv2
 import numpy as np
 from skimage import data
 
-from clusterimg.methods import get_method
-from clusterimg.methods.minhash import corner_tokens
-from clusterimg.search import find_pairs
+from clusterimg.features import get_method
+from clusterimg.features.minhash import corner_tokens
+from clusterimg.engine.search import find_pairs
 
 
 def gray(image):

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from skimage import data
 
-from clusterimg.methods import get_method
-from clusterimg.methods.orb import ORB
+from clusterimg.features import get_method
+from clusterimg.features.orb import ORB
 
 
 def gray(rgb: np.ndarray) -> np.ndarray:

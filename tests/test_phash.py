@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from skimage import data
 
-from clusterimg.methods import get_method
-from clusterimg.methods.phash import HASH_KINDS, PHash
-from clusterimg.search import find_pairs
+from clusterimg.features import get_method
+from clusterimg.features.phash import HASH_KINDS, PHash
+from clusterimg.engine.search import find_pairs
 
 
 def gray(image):

@@ -11,9 +11,9 @@ import pytest
 from skimage import data
 from skimage.metrics import structural_similarity
 
-from clusterimg.methods import get_method
+from clusterimg.features import get_method
 from conftest import pair_scores as scores
-from clusterimg.methods.ssim import SSIM
+from clusterimg.features.ssim import SSIM
 
 
 def gray(image: np.ndarray) -> np.ndarray:

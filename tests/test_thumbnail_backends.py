@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from skimage import data
 
-from clusterimg.methods import get_method
+from clusterimg.features import get_method
 
 # the diagonal tolerance: tm's FFT correlation is exact only to ~1e-4
 DIAGONAL = {"ssim": None, "tm": 1e-4}

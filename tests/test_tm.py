@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from skimage import data
 
-from clusterimg.methods import get_method
+from clusterimg.features import get_method
 from conftest import pair_scores as scores
-from clusterimg.methods.tm import SCALES, TM, centre_template, detail
+from clusterimg.features.tm import SCALES, TM, centre_template, detail
 
 
 def gray(image: np.ndarray) -> np.ndarray:
@@ -136,7 +136,7 @@ def test_options_and_pickle():
 def test_large_searches_compute_template_spectra_per_block_with_the_same_scores(monkeypatch):
     """Above KEEP_TEMPLATES_MAX images the stack keeps no template spectra (flat
     memory); scoring must not change."""
-    import clusterimg.methods.tm as tm_module
+    import clusterimg.features.tm as tm_module
 
     rng = np.random.default_rng(5)
     method = get_method("tm")

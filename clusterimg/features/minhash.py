@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from clusterimg.methods.base import Method, Option
+from clusterimg.features.base import Method, Option
 
 THUMB_SIDE = 192  # pixels of the square thumbnail the corners are found in
 SEED = 1  # of the MinHash permutations: fixed, so signatures stay comparable

@@ -36,9 +36,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from clusterimg.methods.base import Method, Option, candidates_option
-from clusterimg.methods.ssim import FLAT_STD, flat_rule, thumbnail
-from clusterimg.search import top_k_pairs
+from clusterimg.features.base import Method, Option, candidates_option
+from clusterimg.features.ssim import FLAT_STD, flat_rule, thumbnail
+from clusterimg.engine.search import top_k_pairs
 
 # Scales at which the centre of one thumbnail is searched in the other: a
 # geometric ladder (steps of about 6.5 %) from 1 down to 0.55, the strongest

@@ -24,8 +24,8 @@ import zlib
 import cv2
 import numpy as np
 
-from clusterimg.methods.base import Method, Option, candidates_option
-from clusterimg.search import top_k_pairs
+from clusterimg.features.base import Method, Option, candidates_option
+from clusterimg.engine.search import top_k_pairs
 
 # A verified pair needs at least this many RANSAC inliers ...
 MIN_INLIERS = 12

@@ -28,8 +28,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from clusterimg.methods.base import Method, Option, candidates_option
-from clusterimg.search import top_k_pairs
+from clusterimg.features.base import Method, Option, candidates_option
+from clusterimg.engine.search import top_k_pairs
 
 K1, K2 = 0.01, 0.03
 DATA_RANGE = 255.0

@@ -16,8 +16,8 @@ import click
 import cv2
 import numpy as np
 
-from clusterimg.hamming import hamming, pairs_within
-from clusterimg.methods.base import Method, Option
+from clusterimg.engine.hamming import hamming, pairs_within
+from clusterimg.features.base import Method, Option
 
 HASH_KINDS = ("phash", "dhash", "ahash", "whash")
 DIHEDRAL = 8  # rotations by 0/90/180/270 degrees, each also mirrored

@@ -1,5 +1,5 @@
-"""The similarity backends. Each module in this package defines one subclass of
-:class:`~clusterimg.methods.base.Method`; dropping a new module here is all it
+"""The feature backends. Each module in this package defines one subclass of
+:class:`~clusterimg.features.base.Method`; dropping a new module here is all it
 takes to add a backend (the CLI lists its name and options automatically)."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import importlib
 import pkgutil
 from functools import lru_cache
 
-from clusterimg.methods.base import Method, Option
+from clusterimg.features.base import Method, Option
 
 __all__ = ["Method", "Option", "available", "get_method"]
 

@@ -10,7 +10,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from clusterimg.methods.base import Method
+from clusterimg.features.base import Method
 
 ScoreFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 # Called with the number of pairs about to be scored; returns an object with

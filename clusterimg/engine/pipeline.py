@@ -19,10 +19,10 @@ import numpy as np
 
 from clusterimg.cache import Cache, file_key
 from clusterimg.errors import ClusterimgError, ImageReadError
-from clusterimg.grouping import UnionFind, medoid, order_clusters
+from clusterimg.clustering.threshold import UnionFind, medoid, order_clusters
 from clusterimg.images import Skipped, discover
-from clusterimg.methods.base import Feature, Method
-from clusterimg.search import NoBar, find_pairs
+from clusterimg.features.base import Feature, Method
+from clusterimg.engine.search import NoBar, find_pairs
 
 # Clusters up to this size get their representative from the full matrix of
 # member similarities; larger ones from the sum of their found pair scores.

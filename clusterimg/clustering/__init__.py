@@ -1,0 +1,1 @@
+"""Clustering models: how scored pairs or feature vectors become clusters."""

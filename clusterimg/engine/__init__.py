@@ -1,0 +1,1 @@
+"""Running the work: feature extraction over worker processes, candidate search, cached pair scoring."""
