@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from clusterimg.clustering.threshold import UnionFind  # noqa: E402
 from clusterimg.images import discover  # noqa: E402
 from clusterimg.features import available, get_method  # noqa: E402
-from clusterimg.engine.pipeline import extract_features  # noqa: E402
+from clusterimg.engine.extract import extract_features  # noqa: E402
 from clusterimg.engine.search import find_pairs  # noqa: E402
 
 DEFAULT_BENCH = Path(__file__).resolve().parents[2] / "shared" / "bench" / "dev"

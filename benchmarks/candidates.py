@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from calibrate import DEFAULT_BENCH, labels_at, pairwise_scores  # noqa: E402
 from clusterimg.images import discover  # noqa: E402
 from clusterimg.features import available, get_method  # noqa: E402
-from clusterimg.engine.pipeline import extract_features  # noqa: E402
+from clusterimg.engine.extract import extract_features  # noqa: E402
 from clusterimg.engine.search import find_pairs  # noqa: E402
 
 

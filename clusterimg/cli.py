@@ -15,7 +15,8 @@ from clusterimg.cache import ENV_VAR, default_cache_dir, open_cache
 from clusterimg.errors import ClusterimgError
 from clusterimg.features import available, get_method
 from clusterimg.output import TRANSFERS, build_manifest, finish_job, pending_job, prepare_out_dir, write_output
-from clusterimg.engine.pipeline import cluster_folder, tqdm_bars
+from clusterimg.engine.pipeline import cluster_folder
+from clusterimg.progress import tqdm_bars
 
 
 def backend_options(command):

@@ -19,7 +19,7 @@ from typing import Any, Iterable
 
 from clusterimg import __version__
 from clusterimg.errors import ClusterimgError
-from clusterimg.engine.pipeline import Result
+from clusterimg.result import Result
 
 MANIFEST = "clusters.json"
 PENDING = ".clusterimg-pending.json"

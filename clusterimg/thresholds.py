@@ -22,7 +22,9 @@ from clusterimg.errors import ClusterimgError
 from clusterimg.clustering.threshold import UnionFind
 from clusterimg.images import discover
 from clusterimg.features.base import Method
-from clusterimg.engine.pipeline import PairScorer, extract_features, no_bar
+from clusterimg.engine.extract import extract_features
+from clusterimg.engine.scoring import PairScorer
+from clusterimg.progress import no_bar
 from clusterimg.engine.search import find_pairs
 
 # Thresholds the table is computed for (the suggestion is chosen among them).

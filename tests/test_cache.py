@@ -111,9 +111,9 @@ def test_rethreshold_scores_nothing_again_and_matches_cold_run(photo_folder, sco
 
 
 def test_cached_features_give_the_same_result_with_pool(photo_folder, monkeypatch):
-    import clusterimg.engine.pipeline as pipeline
+    import clusterimg.engine.extract as extract
 
-    monkeypatch.setattr(pipeline, "MIN_IMAGES_FOR_POOL", 2)  # use real worker processes
+    monkeypatch.setattr(extract, "MIN_IMAGES_FOR_POOL", 2)  # use real worker processes
     method = get_method("phash")
     with open_cache(method, None) as cache:
         pooled = cluster_folder(photo_folder, method, 0.8, cache=cache, workers=2)

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from clusterimg import output
-from clusterimg.engine import pipeline
+from clusterimg.engine import extract
 from clusterimg.cli import main
 from conftest import make_photo, write_photo
 
@@ -85,7 +85,7 @@ def test_same_result_whatever_the_worker_count(tmp_path):
     runs = [json.loads(invoke("run", root, "--out", tmp_path / f"o{w}", "--transfer", "none", "-j", w,
                               "--json").stdout) for w in (1, 2)]
     assert stable(runs[0]) == stable(runs[1])
-    assert runs[0]["stats"]["images"] >= pipeline.MIN_IMAGES_FOR_POOL
+    assert runs[0]["stats"]["images"] >= extract.MIN_IMAGES_FOR_POOL
     assert len(runs[0]["clusters"]) == 17
 
 

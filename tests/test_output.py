@@ -12,8 +12,8 @@ from clusterimg import output
 from clusterimg.errors import ClusterimgError
 from clusterimg.images import Skipped
 from clusterimg.output import build_manifest, finish_job, pending_job, prepare_out_dir, unique_name, write_output
-from clusterimg.engine.pipeline import Cluster, Result
-from clusterimg.engine.search import NoBar
+from clusterimg.result import Cluster, Result
+from clusterimg.progress import NoBar
 
 
 def quiet_bar(total):

@@ -1,9 +1,21 @@
-"""Chaining similar pairs into clusters, and choosing a cluster's representative."""
+"""Threshold clustering: pairs scoring at least the threshold are chained
+(union-find), batch by batch, then across batches through representatives."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import numpy as np
+
+from clusterimg.engine.scoring import PairScorer
+from clusterimg.engine.search import find_pairs
+from clusterimg.features.base import Feature, Method
+from clusterimg.progress import no_bar
+from clusterimg.result import Cluster
+
+# Clusters up to this size get their representative from the full matrix of
+# member similarities; larger ones from the sum of their found pair scores.
+FULL_MATRIX_MAX = 32
 
 
 class UnionFind:
@@ -53,3 +65,132 @@ def medoid(similarity: np.ndarray) -> int:
 def order_clusters(clusters: Sequence[Sequence[str]]) -> list[list[str]]:
     """Largest first, ties by first member path: the numbering of the output."""
     return sorted((sorted(c) for c in clusters), key=lambda c: (-len(c), c[0]))
+
+
+
+@dataclass
+class Edges:
+    """All pairs found at or above the threshold, as global indices."""
+
+    i: list[np.ndarray] = field(default_factory=list)
+    j: list[np.ndarray] = field(default_factory=list)
+    s: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, i, j, s) -> None:
+        self.i.append(np.asarray(i, np.int64)), self.j.append(np.asarray(j, np.int64)), self.s.append(np.asarray(s))
+
+    def strength(self, n: int) -> np.ndarray:
+        """Sum of found pair scores per image."""
+        total = np.zeros(n)
+        for i, j, s in zip(self.i, self.j, self.s):
+            np.add.at(total, i, s)
+            np.add.at(total, j, s)
+        return total
+
+
+def similarity_to(
+    method: Method, features: Sequence[Feature], members: Sequence[int], rep: int, scorer: PairScorer
+) -> np.ndarray:
+    """Scores of every member against member ``rep`` (positions in ``members``)."""
+    stacked = method.stack([features[k] for k in members])
+    others = np.array([p for p in range(len(members)) if p != rep], dtype=np.int64)
+    scores = np.ones(len(members))
+    if len(others):
+        scores[others] = scorer.score(stacked, np.asarray(members), np.full(len(others), rep, dtype=np.int64), others)
+    return scores
+
+
+def choose_representative(
+    method: Method, features: Sequence[Feature], members: Sequence[int], strength: np.ndarray | None,
+    scorer: PairScorer,
+) -> tuple[int, np.ndarray]:
+    """(position of the representative in ``members``, each member's score to it).
+
+    The representative is the member most similar to all the others, not the
+    first file listed: it stands for the cluster in the merge stage, so it
+    should be its most typical image.
+    """
+    if len(members) == 1:
+        return 0, np.ones(1)
+    if len(members) <= FULL_MATRIX_MAX:
+        stacked = method.stack([features[k] for k in members])
+        iu, ju = np.triu_indices(len(members), k=1)
+        sim = np.eye(len(members))
+        sim[iu, ju] = sim[ju, iu] = scorer.score(
+            stacked, np.asarray(members), iu.astype(np.int64), ju.astype(np.int64))
+        rep = medoid(sim)
+        return rep, sim[rep]
+    rep = int(np.argmax(strength[np.asarray(members)]))
+    return rep, similarity_to(method, features, members, rep, scorer)
+
+
+def group_features(
+    method: Method,
+    features: Sequence[Feature],
+    threshold: float,
+    batch_size: int,
+    exhaustive: bool = False,
+    bars=no_bar,
+    scorer: PairScorer | None = None,
+) -> tuple[list[list[int]], Edges]:
+    """Two-stage grouping. Returns the clusters (lists of indices, singletons
+    included) and the pairs found.
+
+    Stage 1 searches each batch on its own and chains its pairs (union-find).
+    Stage 2 compares one representative per batch cluster, and every batch
+    outlier, across batches, and joins the clusters they stand for.
+    """
+    scorer = scorer or PairScorer(method, [])
+    n = len(features)
+    size = batch_size if batch_size and batch_size > 0 else max(n, 1)
+    batches = [range(start, min(start + size, n)) for start in range(0, n, size)]
+    uf = UnionFind(n)
+    edges = Edges()
+    for number, batch in enumerate(batches, 1):
+        stacked = method.stack([features[k] for k in batch])
+        label = f"pairs (batch {number}/{len(batches)})" if len(batches) > 1 else "pairs"
+        i, j, s = find_pairs(method, stacked, len(batch), threshold, exhaustive=exhaustive,
+                             score_fn=scorer.score_fn(stacked, batch), bar=bars(label))
+        i, j = i + batch.start, j + batch.start
+        uf.union_pairs(i, j)
+        edges.add(i, j, s)
+    if len(batches) > 1:
+        strength = edges.strength(n)
+        reps, rep_batch = [], []
+        for number, batch in enumerate(batches):
+            for members in uf.groups(batch):
+                pos, _ = choose_representative(method, features, members, strength, scorer)
+                reps.append(members[pos])
+                rep_batch.append(number)
+        reps_arr = np.asarray(reps, dtype=np.int64)
+        stacked = method.stack([features[k] for k in reps])
+        i, j, s = find_pairs(
+            method, stacked, len(reps), threshold, exhaustive=exhaustive,
+            group=np.asarray(rep_batch), score_fn=scorer.score_fn(stacked, reps), bar=bars("pairs (merge stage)"),
+        )
+        uf.union_pairs(reps_arr[i], reps_arr[j])
+        edges.add(reps_arr[i], reps_arr[j], s)
+    return uf.groups(), edges
+
+
+def summarise(
+    method: Method, features: Sequence[Feature], paths: Sequence[str], groups: list[list[int]], edges: Edges,
+    scorer: PairScorer | None = None,
+) -> tuple[list[Cluster], list[str]]:
+    """Clusters (ordered for output, with representatives and scores) and outliers."""
+    scorer = scorer or PairScorer(method, [])
+    strength = edges.strength(len(features))
+    clusters, outliers = [], []
+    for members in groups:
+        if len(members) == 1:
+            outliers.append(paths[members[0]])
+            continue
+        rep, scores = choose_representative(method, features, members, strength, scorer)
+        names = [paths[k] for k in members]
+        clusters.append(
+            Cluster(members=names, representative=names[rep],
+                    scores={p: round(float(sc), 4) for p, sc in zip(names, scores)})
+        )
+    by_members = {tuple(c.members): c for c in clusters}
+    ordered = [by_members[tuple(m)] for m in order_clusters([c.members for c in clusters])]
+    return ordered, sorted(outliers)

@@ -11,6 +11,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from clusterimg.features.base import Method
+from clusterimg.progress import NoBar
 
 ScoreFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 # Called with the number of pairs about to be scored; returns an object with
@@ -111,17 +112,3 @@ def find_pairs(
     if not keep_i:
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)
     return np.concatenate(keep_i), np.concatenate(keep_j), np.concatenate(keep_s)
-
-
-class NoBar:
-    def __init__(self, total: int):
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def update(self, k: int) -> None:
-        pass
