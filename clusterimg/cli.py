@@ -41,7 +41,8 @@ def backend_options(command):
         else:
             where = "default " + ", ".join(f"{b} {d}" for b, d in per_backend.items())
         command = click.option(
-            *decl, opt_name, type=None if opt.type is bool else opt.type, default=None,
+            *decl, opt_name, type=None if opt.type is bool else (click.Choice(opt.choices) if opt.choices else opt.type),
+            default=None,
             help=f"{opt.help} [{where}]",
         )(command)
     return command

@@ -26,9 +26,10 @@ class Option:
     """A backend option, offered on the command line as ``--NAME``."""
 
     name: str
-    type: Any  # a Python type or a click.Choice
+    type: Any  # int, float, str or bool
     default: Any
     help: str
+    choices: tuple[str, ...] | None = None  # the allowed values of a str option
 
 
 def candidates_option(default: int) -> Option:
@@ -43,6 +44,9 @@ class Method:
 
     name: ClassVar[str]
     summary: ClassVar[str]  # one line: what the backend is good at
+    # "pairs": near-duplicate backends, clustered by a threshold on pair scores;
+    # "vector": a fixed-length vector per image, clustered by vector models.
+    kind: ClassVar[str] = "pairs"
     default_threshold: ClassVar[float]
     options: ClassVar[tuple[Option, ...]] = ()
     # Whether pair scores are expensive enough to be worth storing in the cache.
@@ -61,6 +65,9 @@ class Method:
         }
         if self.params.get("candidates", 1) < 1:
             raise ValueError("--candidates must be at least 1")
+        for name, opt in known.items():
+            if opt.choices is not None and self.params[name] not in opt.choices:
+                raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(opt.choices)}")
         self.check_params()
 
     def check_params(self) -> None:
@@ -77,8 +84,18 @@ class Method:
         raise NotImplementedError
 
     def feature(self, path) -> Feature:
-        """Decode and extract in one step (what a worker process runs)."""
+        """Decode and extract in one step."""
         return self.extract(self.decode(path))
+
+    def extract_many(self, images: Sequence[np.ndarray]) -> list[Feature]:
+        """Features of several decoded images at once (what a worker runs on
+        its chunk of files). Override to batch a model; default: one by one."""
+        return [self.extract(image) for image in images]
+
+    def prepare(self, paths: Sequence[str], bars=None) -> None:
+        """Called once in the main process with every image path before any
+        extraction: a backend that learns from the folder (an autoencoder)
+        trains or loads its model here. Default: nothing to do."""
 
     # -- pair scoring and search -------------------------------------------
     def stack(self, features: Sequence[Feature]) -> Any:
@@ -98,3 +115,27 @@ class Method:
     def describe(self) -> str:
         opts = ", ".join(f"{k}={v}" for k, v in self.params.items())
         return f"{self.name}({opts})"
+
+
+class VectorMethod(Method):
+    """A backend whose feature is one float vector per image (CNN embeddings,
+    pixels, HOG, autoencoder latents). Vector clustering models work on
+    :meth:`vectors`; pair scores are cosine similarities clipped to [0, 1], so
+    the threshold clustering and the cache work for these backends too."""
+
+    kind = "vector"
+    cache_scores = False  # a dot product is cheaper than a cache lookup
+
+    def vectors(self, features: Sequence[Feature]) -> np.ndarray:
+        """(n, d) float32 matrix of the features, one row per image."""
+        if not len(features):
+            return np.zeros((0, 0), np.float32)
+        return np.stack([np.asarray(f, dtype=np.float32).ravel() for f in features])
+
+    def stack(self, features):
+        x = self.vectors(features)
+        norms = np.linalg.norm(x, axis=1, keepdims=True) if x.size else np.ones((len(x), 1))
+        return x / np.maximum(norms, 1e-12)
+
+    def score(self, stacked, i, j):
+        return np.clip(np.einsum("ij,ij->i", stacked[i], stacked[j]), 0.0, 1.0)

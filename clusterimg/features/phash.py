@@ -12,7 +12,6 @@ or mirrored copy matches.
 """
 from __future__ import annotations
 
-import click
 import cv2
 import numpy as np
 
@@ -95,8 +94,8 @@ class PHash(Method):
     summary = "perceptual hash: fastest; resized, recompressed, recoloured, blurred copies"
     default_threshold = CALIBRATED_THRESHOLDS[("phash", False)]
     options = (
-        Option("hash", click.Choice(HASH_KINDS), "phash",
-               "phash: which hash: phash (DCT), dhash (gradient), ahash (mean), whash (wavelet)"),
+        Option("hash", str, "phash", "phash: which hash: phash (DCT), dhash (gradient), ahash (mean), whash (wavelet)",
+               choices=HASH_KINDS),
         Option("hash_size", int, 8, "phash: hash side in bits (8 gives a 64-bit hash)"),
         Option("rotations", bool, False,
                "phash: score the best of the 8 rotations/mirror images (rotated or mirrored copies match)"),
