@@ -1,63 +1,59 @@
-"""Command line: parse options, call the pipeline, print. No logic lives here."""
+"""Command line: parse options, call the library API, print, exit codes. No logic lives here."""
 from __future__ import annotations
 
 import functools
 import json
-import os
 import sys
 from pathlib import Path
 
 import click
 
-from clusterimg import __version__
+from clusterimg import __version__, api
 from clusterimg import thresholds as th
-from clusterimg.cache import ENV_VAR, default_cache_dir, open_cache
+from clusterimg.cache import ENV_VAR, default_cache_dir
+from clusterimg.clustering import available_clusterers
 from clusterimg.errors import ClusterimgError
-from clusterimg.features import available, get_method
-from clusterimg.output import TRANSFERS, build_manifest, finish_job, pending_job, prepare_out_dir, write_output
-from clusterimg.engine.pipeline import cluster_folder
+from clusterimg.features import available
+from clusterimg.output import TRANSFERS, finish_job, pending_job, prepare_out_dir, write_output
 from clusterimg.progress import tqdm_bars
 
 
-def backend_options(command):
-    """Add every backend's own options (``--hash-size`` ...) to a command.
+def model_options(command):
+    """Add every backend's and every clustering model's own options
+    (``--hash-size``, ``--k`` ...) to a command: the one place where options
+    described as data become flags.
 
     Options of the same name in several backends share one flag; its default
     is None so each backend falls back to its own default.
     """
-    defaults: dict[str, dict[str, object]] = {}  # option -> {backend: its default}
+    defaults: dict[str, dict[str, object]] = {}  # option -> {backend or model: its default}
     specs = {}
-    for name, cls in available().items():
+    owners = list(available().items()) + list(available_clusterers().items())
+    for name, cls in owners:
         for opt in cls.options:
             defaults.setdefault(opt.name, {})[name] = opt.default
             specs.setdefault(opt.name, opt)
     for opt_name in sorted(specs, reverse=True):
         opt = specs[opt_name]
-        flag = "--" + opt_name.replace("_", "-")
-        decl = [f"{flag}/--no-{flag[2:]}"] if opt.type is bool else [flag]
-        per_backend = defaults[opt_name]
-        if len(set(map(str, per_backend.values()))) == 1:
-            where = f"{', '.join(per_backend)}; default {opt.default}"
+        decl = [f"{opt.flag}/--no-{opt.flag[2:]}"] if opt.type is bool else [opt.flag]
+        per_owner = defaults[opt_name]
+        if len(set(map(str, per_owner.values()))) == 1:
+            where = f"{', '.join(per_owner)}; default {opt.default}"
         else:
-            where = "default " + ", ".join(f"{b} {d}" for b, d in per_backend.items())
+            where = "default " + ", ".join(f"{b} {d}" for b, d in per_owner.items())
         command = click.option(
             *decl, opt_name, type=None if opt.type is bool else (click.Choice(opt.choices) if opt.choices else opt.type),
-            default=None,
-            help=f"{opt.help} [{where}]",
+            default=None, help=f"{opt.help} [{where}]",
         )(command)
     return command
 
 
-def split_backend_options(method_name: str, kwargs: dict) -> dict:
-    """Pop backend options from ``kwargs``; refuse one the method does not take."""
-    known = {o.name for cls in available().values() for o in cls.options}
-    given = {k: kwargs.pop(k) for k in list(kwargs) if k in known}
-    own = {o.name for o in available()[method_name].options}
-    wrong = sorted(k for k, v in given.items() if v is not None and k not in own)
-    if wrong:
-        flags = ", ".join("--" + w.replace("_", "-") for w in wrong)
-        raise click.UsageError(f"{flags} does not apply to --method {method_name}")
-    return {k: v for k, v in given.items() if k in own}
+def check_options(method: str, cluster: str | None, options: dict) -> None:
+    """Refuse options that do not fit the method and model, before any work."""
+    try:
+        api.configure(method, cluster, **options)
+    except ValueError as e:
+        raise click.UsageError(str(e))
 
 
 def friendly_errors(fn):
@@ -86,16 +82,38 @@ def cache_options(command):
              "else $XDG_CACHE_HOME/clusterimg or ~/.cache/clusterimg]")(command)
 
 
-def make_backend(method: str, kwargs: dict):
-    options = split_backend_options(method, kwargs)
-    try:
-        return get_method(method, **options), options
-    except ValueError as e:
-        raise click.UsageError(str(e))
+def cache_arg(cache_dir: Path | None, no_cache: bool):
+    """The API's ``cache`` argument for --cache-dir / --no-cache."""
+    return False if no_cache else (cache_dir or True)
+
+
+method_option = click.option(
+    "--method", "-m", type=click.Choice(sorted(available())), default=api.DEFAULT_METHOD, show_default=True,
+    help="Feature backend (see `clusterimg methods`).")
+cluster_option = click.option(
+    "--cluster", "cluster", type=click.Choice(sorted(available_clusterers())), default=None,
+    help="Clustering model. [default: graph for the near-duplicate methods, auto for vector ones]")
 
 
 def show_progress(quiet: bool) -> bool:
     return not quiet and sys.stderr.isatty()
+
+
+class ThresholdType(click.ParamType):
+    """A number between 0 and 1, with a message that says so."""
+
+    name = "threshold"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float):
+            return value
+        try:
+            number = float(str(value).strip())
+        except ValueError:
+            self.fail(f"{value!r} is not a number; enter a threshold between 0 and 1", param, ctx)
+        if not 0.0 <= number <= 1.0:
+            self.fail(f"{value} is not a threshold between 0 and 1", param, ctx)
+        return number
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -106,16 +124,16 @@ def main():
 
 @main.command()
 @click.argument("folder", type=click.Path(path_type=Path, file_okay=True, dir_okay=True))
-@click.option("--method", "-m", type=click.Choice(sorted(available())), default="phash", show_default=True,
-              help="Similarity backend (see `clusterimg methods`).")
-@click.option("--threshold", "-t", type=click.FloatRange(0.0, 1.0), default=None,
+@method_option
+@cluster_option
+@click.option("--threshold", "-t", type=ThresholdType(), default=None,
               help="Pairs at least this similar (0..1) are joined. [default: the method's calibrated one]")
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=None,
               help="Output folder. [default: FOLDER_clustered beside the input]")
 @click.option("--transfer", type=click.Choice(TRANSFERS), default="copy", show_default=True,
               help="How files get into the output tree; `none` writes only the manifest.")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier clusterimg output in --out.")
-@click.option("--batch-size", type=click.IntRange(min=0), default=1000, show_default=True,
+@click.option("--batch-size", type=click.IntRange(min=0), default=api.DEFAULT_BATCH_SIZE, show_default=True,
               help="Images compared together in the first stage; 0 = one batch.")
 @click.option("--recursive/--no-recursive", default=True, show_default=True, help="Descend into subfolders.")
 @click.option("--workers", "-j", type=click.IntRange(min=1), default=None,
@@ -124,17 +142,16 @@ def main():
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest on stdout (the summary goes to stderr).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars and no summary.")
 @cache_options
-@backend_options
+@model_options
 @friendly_errors
-def run(folder, method, threshold, out, transfer, overwrite, batch_size, recursive, workers, exhaustive,
-        as_json, quiet, cache_dir, no_cache, **kwargs):
+def run(folder, method, cluster, threshold, out, transfer, overwrite, batch_size, recursive, workers, exhaustive,
+        as_json, quiet, cache_dir, no_cache, **options):
     """Cluster the images in FOLDER and write the clusters to an output folder.
 
     Features and pair scores are kept in a cache: another run on the same
     folder (at another threshold, or after Ctrl-C) reuses them.
     """
-    backend, _ = make_backend(method, kwargs)
-    threshold = backend.default_threshold if threshold is None else threshold
+    check_options(method, cluster, options)
     out = out if out is not None else folder.parent / f"{folder.resolve().name}_clustered"
     bars = tqdm_bars(show_progress(quiet))
     say = (lambda msg: click.echo(msg, err=True)) if (as_json or quiet) else click.echo
@@ -146,40 +163,23 @@ def run(folder, method, threshold, out, transfer, overwrite, batch_size, recursi
             f"{len(job['clusters'])} clusters); its options are used, not this command's.")
         manifest = finish_job(out, job, bars(job["transfer"]), warn)
     else:
-        if not folder.is_dir():
-            raise ClusterimgError(
-                f"input folder not found: {folder}" if not folder.exists() else f"input is not a folder: {folder}",
-                exit_code=2)
+        api.resolve_inputs(folder)  # a bad input is refused before the output folder is touched
         inside = _is_inside(out, folder)
         if not no_cache and _is_inside(cache_dir or default_cache_dir(), out):
             raise click.UsageError("the cache folder cannot be inside the output folder (use --cache-dir)")
         prepare_out_dir(out, overwrite)
-        with open_cache(backend, cache_dir, enabled=not no_cache) or _nothing() as cache:
-            result = cluster_folder(
-                folder, backend, threshold, batch_size=batch_size, recursive=recursive,
-                workers=workers or os.cpu_count() or 1, exhaustive=exhaustive,
-                exclude=out if inside else None, bars=bars, cache=cache,
-            )
-        if cache is not None and not quiet:
+        result = api.cluster(
+            folder, method, threshold, cluster=cluster, batch_size=batch_size, recursive=recursive,
+            workers=workers, exhaustive=exhaustive, cache=cache_arg(cache_dir, no_cache),
+            exclude=out if inside else None, progress=bars, **options)
+        if not no_cache and not quiet:
             say(cache_line(result.counts))
-        params = dict(backend.params, batch_size=batch_size, exhaustive=exhaustive)
-        manifest = build_manifest(result, method=method, threshold=threshold, params=params,
-                                  input_arg=str(folder), transfer=transfer)
-        write_output(folder, out, manifest, bars(transfer), warn)
+        manifest = result.manifest(transfer)
+        write_output(out, manifest, bars(transfer), warn)
     if as_json:
-        click.echo(json.dumps(manifest, indent=1, ensure_ascii=False))
+        click.echo(json.dumps(manifest, indent=1, ensure_ascii=False, allow_nan=False))
     if not quiet:
         say(summary_line(manifest, out))
-
-
-class _nothing:
-    """A stand-in context for "no cache"."""
-
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def cache_line(counts: dict) -> str:
@@ -200,32 +200,17 @@ def _is_inside(path: Path, folder: Path) -> bool:
 
 def summary_line(manifest: dict, out: Path) -> str:
     s = manifest["stats"]
+    if manifest.get("threshold") is not None:
+        how = f"{manifest['method']}, threshold {manifest['threshold']:g}"
+    else:
+        how = f"{manifest['method']}, {manifest.get('clustering', {}).get('model', '?')}"
     return (f"{s['images']} images read, {s['skipped']} skipped: {s['clusters']} clusters, "
-            f"{s['outliers']} outliers in {s['seconds']:.1f} s ({manifest['method']}, threshold "
-            f"{manifest['threshold']:g}) -> {out / 'clusters.json'}")
-
-
-class ThresholdType(click.ParamType):
-    """A number between 0 and 1, with a message that says so."""
-
-    name = "threshold"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, float):
-            return value
-        try:
-            number = float(str(value).strip())
-        except ValueError:
-            self.fail(f"{value!r} is not a number; enter a threshold between 0 and 1", param, ctx)
-        if not 0.0 <= number <= 1.0:
-            self.fail(f"{value} is not a threshold between 0 and 1", param, ctx)
-        return number
+            f"{s['outliers']} outliers in {s['seconds']:.1f} s ({how}) -> {out / 'clusters.json'}")
 
 
 @main.command("threshold")
 @click.argument("folder", type=click.Path(path_type=Path, file_okay=True, dir_okay=True))
-@click.option("--method", "-m", type=click.Choice(sorted(available())), default="phash", show_default=True,
-              help="Similarity backend (see `clusterimg methods`).")
+@method_option
 @click.option("--sample", "sample_size", type=click.IntRange(min=2), default=300, show_default=True,
               help="Images drawn at random from FOLDER; all their candidate pairs are scored.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random sample.")
@@ -244,7 +229,7 @@ class ThresholdType(click.ParamType):
 @click.option("--run", "run_after", is_flag=True, help="Run the clustering at the chosen threshold.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @cache_options
-@backend_options
+@model_options
 @friendly_errors
 @click.pass_context
 def threshold_command(ctx, folder, method, sample_size, seed, recursive, workers, exhaustive, ask, plot,
@@ -256,13 +241,13 @@ def threshold_command(ctx, folder, method, sample_size, seed, recursive, workers
     prints the `clusterimg run` command, or runs it with --run. The features
     and scores computed here are cached, so that run does not repeat them.
     """
-    backend, options = make_backend(method, kwargs)
+    check_options(method, "graph", kwargs)
+    backend, _ = api.configure(method, "graph", **kwargs)
+    options = {k: v for k, v in kwargs.items() if v is not None}
     interactive = sys.stdin.isatty() if ask is None else ask
-    bars = tqdm_bars(show_progress(quiet))
-    with open_cache(backend, cache_dir, enabled=not no_cache) or _nothing() as cache:
-        sample = th.score_sample(folder, backend, sample_size, seed, recursive=recursive,
-                                 workers=workers or os.cpu_count() or 1, exhaustive=exhaustive,
-                                 cache=cache, bars=bars)
+    sample = th.score_sample(folder, backend, sample_size, seed, recursive=recursive, workers=workers,
+                             exhaustive=exhaustive, cache=cache_arg(cache_dir, no_cache),
+                             bars=tqdm_bars(show_progress(quiet)))
     n = len(sample.paths)
     rows = th.ladder_rows(n, sample.total, sample.i, sample.j, sample.s)
     suggestion = th.suggest(rows, n)

@@ -48,11 +48,10 @@ def _place(folder: str, paths: Iterable[str]) -> dict[str, str]:
     return {p: f"{folder}/{unique_name(PurePosixPath(p).name, taken)}" for p in paths}
 
 
-def build_manifest(
-    result: Result, *, method: str, threshold: float, params: dict[str, Any], input_arg: str, transfer: str
-) -> dict[str, Any]:
-    """The clusters.json object. Paths are relative to the input folder,
-    outputs relative to the output folder (null when nothing is written)."""
+def build_manifest(result: Result, *, transfer: str) -> dict[str, Any]:
+    """The clusters.json object. Paths are relative to the input folder (with
+    several inputs, prefixed by each input's label), outputs relative to the
+    output folder (null when nothing is written)."""
     width = max(4, len(str(len(result.clusters))))
     write = transfer != "none"
     clusters = []
@@ -68,12 +67,17 @@ def build_manifest(
             ],
         })
     outlier_outputs = _place(OUTLIERS, result.outliers)
-    return {
+    manifest = {
         "clusterimg": __version__,
-        "method": method,
-        "threshold": threshold,
-        "params": params,
-        "input": input_arg,
+        "method": result.method,
+        "threshold": result.threshold,
+        "params": result.params,
+    }
+    if result.clustering:
+        manifest["clustering"] = result.clustering
+    manifest.update({
+        "input": result.input_arg,
+        **roots_entry(result),
         "transfer": transfer,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "clusters": clusters,
@@ -86,7 +90,24 @@ def build_manifest(
             "outliers": len(result.outliers),
             "seconds": round(result.seconds, 3),
         },
-    }
+    })
+    return manifest
+
+
+def roots_entry(result: Result) -> dict[str, Any]:
+    """Where the input paths live: ``input_abs`` (one input folder) or
+    ``roots`` (label -> absolute folder, several inputs)."""
+    if len(result.roots) == 1 and not result.roots[0].label:
+        return {"input_abs": str(result.roots[0].path)}
+    return {"roots": {r.label: str(r.path) for r in result.roots}}
+
+
+def source_path(job: dict[str, Any], rel: str) -> Path:
+    """The input file behind a manifest path."""
+    if "roots" in job:
+        label, _, rest = rel.partition("/")
+        return Path(job["roots"][label]) / rest
+    return Path(job["input_abs"]) / rel
 
 
 def planned_transfers(manifest: dict[str, Any]) -> list[tuple[str, str]]:
@@ -103,7 +124,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, ensure_ascii=False)
+            json.dump(data, f, indent=1, ensure_ascii=False, allow_nan=False)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
@@ -260,7 +281,7 @@ def _move(src: Path, dst: Path) -> str | None:
     return None
 
 
-def run_transfers(root: Path, out: Path, job: dict[str, Any], bar, warn) -> None:
+def run_transfers(out: Path, job: dict[str, Any], bar, warn) -> None:
     """Carry out (or finish) the transfers of ``job`` (a pending journal)."""
     mode = job["transfer"]
     todo = planned_transfers(job)
@@ -268,7 +289,7 @@ def run_transfers(root: Path, out: Path, job: dict[str, Any], bar, warn) -> None
     with bar(len(todo)) as shown:
         for rel_src, rel_dst in todo:
             try:
-                note = transfer_file(root / rel_src, out / rel_dst, mode)
+                note = transfer_file(source_path(job, rel_src), out / rel_dst, mode)
             except OSError as e:
                 raise ClusterimgError(f"cannot {mode} {rel_src} to {out / rel_dst}: {e.strerror or e}")
             if note and note not in notes:
@@ -277,19 +298,16 @@ def run_transfers(root: Path, out: Path, job: dict[str, Any], bar, warn) -> None
             shown.update(1)
 
 
-def write_output(root: Path, out: Path, manifest: dict[str, Any], bar, warn) -> None:
+def write_output(out: Path, manifest: dict[str, Any], bar, warn) -> None:
     """Journal the plan, transfer the files, then write the manifest."""
-    job = dict(manifest, input_abs=str(root.resolve()))
     if manifest["transfer"] != "none":
-        write_json_atomic(out / PENDING, job)
-    finish_job(out, job, bar, warn)
+        write_json_atomic(out / PENDING, manifest)
+    finish_job(out, manifest, bar, warn)
 
 
 def finish_job(out: Path, job: dict[str, Any], bar, warn) -> dict[str, Any]:
     """Run the journal's transfers, write clusters.json, drop the journal."""
-    root = Path(job["input_abs"])
-    run_transfers(root, out, job, bar, warn)
-    manifest = {k: v for k, v in job.items() if k != "input_abs"}
-    write_json_atomic(out / MANIFEST, manifest)
+    run_transfers(out, job, bar, warn)
+    write_json_atomic(out / MANIFEST, job)
     (out / PENDING).unlink(missing_ok=True)
-    return manifest
+    return job

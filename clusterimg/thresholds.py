@@ -9,6 +9,7 @@ Asking the user is the CLI's job.
 """
 from __future__ import annotations
 
+import os
 import random
 import shlex
 from dataclasses import dataclass
@@ -17,12 +18,10 @@ from typing import Sequence
 
 import numpy as np
 
-from clusterimg.cache import Cache
+from clusterimg import api
 from clusterimg.errors import ClusterimgError
 from clusterimg.clustering.threshold import UnionFind
-from clusterimg.images import discover
 from clusterimg.features.base import Method
-from clusterimg.engine.extract import extract_features
 from clusterimg.engine.scoring import PairScorer
 from clusterimg.progress import no_bar
 from clusterimg.engine.search import find_pairs
@@ -173,28 +172,26 @@ class SampleScores:
 
 
 def score_sample(
-    root: Path, method: Method, size: int, seed: int, *, recursive: bool = True, workers: int = 1,
-    exhaustive: bool = False, cache: Cache | None = None, bars=no_bar,
+    root: Path, method: Method, size: int, seed: int, *, recursive: bool = True, workers: int | None = None,
+    exhaustive: bool = False, cache=True, bars=no_bar,
 ) -> SampleScores:
     """Read a random sample of ``root`` and score its pairs down to the
     lowest threshold of the ladder (the backend's candidate search proposes
-    the pairs unless ``exhaustive``)."""
-    if not root.is_dir():
-        raise ClusterimgError(f"input folder not found: {root}" if not root.exists() else
-                              f"input is not a folder: {root}", exit_code=2)
-    paths, _ = discover(root, recursive=recursive)
+    the pairs unless ``exhaustive``). ``cache`` as in :func:`clusterimg.cluster`."""
+    roots = api.resolve_inputs(root)
+    paths, _ = api.find_images(roots, recursive=recursive)
     if len(paths) < 2:
         raise ClusterimgError(f"{root} holds {len(paths)} image(s): nothing to compare", exit_code=2)
     chosen = sample_paths(paths, size, seed)
-    files = [str(root / p) for p in chosen]
-    extracted = extract_features(method, files, workers, bars("reading sample"), cache)
-    good = [k for k, (feature, _) in enumerate(extracted) if feature is not None]
-    features = [extracted[k][0] for k in good]
-    scorer = PairScorer(method, [files[k] for k in good], cache)
-    stacked = method.stack(features)
-    i, j, s = find_pairs(method, stacked, len(features), min(LADDER), exhaustive=exhaustive,
-                         score_fn=scorer.score_fn(stacked, range(len(features))), bar=bars("pairs (sample)"))
-    return SampleScores([chosen[k] for k in good], len(paths), i, j, s)
+    with api.cache_for(method, cache) as store:
+        images = api.read_images(method, chosen, roots[0].source, workers=workers or os.cpu_count() or 1,
+                                 cache=store, bar=bars("reading sample"))
+        scorer = PairScorer(method, images.files, store)
+        stacked = method.stack(images.features)
+        n = len(images.features)
+        i, j, s = find_pairs(method, stacked, n, min(LADDER), exhaustive=exhaustive,
+                             score_fn=scorer.score_fn(stacked, range(n)), bar=bars("pairs (sample)"))
+    return SampleScores(images.paths, len(paths), i, j, s)
 
 
 # -- borderline pairs ---------------------------------------------------------------

@@ -14,7 +14,7 @@ from clusterimg.cache import Cache, decode_feature, encode_feature, file_key, op
 from clusterimg.cli import main
 from clusterimg.features import get_method
 from clusterimg.features.phash import PHash
-from clusterimg.engine.pipeline import cluster_folder
+from clusterimg.api import cluster
 
 
 @pytest.fixture(autouse=True)
@@ -70,43 +70,33 @@ def test_file_key_changes_with_content(tmp_path):
 
 
 def test_features_reused_and_changed_files_read_again(photo_folder, isolated_cache):
-    method = get_method("phash")
-    with open_cache(method, None) as cache:
-        first = cluster_folder(photo_folder, method, 0.8, cache=cache)
+    first = cluster(photo_folder, "phash", 0.8, cache=True)
     assert first.counts["features_read"] == 11 and first.counts["features_reused"] == 0
     changed = photo_folder / "single_0.jpg"
     changed.write_bytes(changed.read_bytes() + b"\0")  # new size: a new file key
     (photo_folder / "new.png").write_bytes((photo_folder / "b" / "two.png").read_bytes())
-    with open_cache(method, None) as cache:
-        second = cluster_folder(photo_folder, method, 0.8, cache=cache)
+    second = cluster(photo_folder, "phash", 0.8, cache=True)
     assert second.counts["features_read"] == 2 and second.counts["features_reused"] == 10
     # other params: another method key, nothing reused by mistake
-    with open_cache(get_method("phash", hash_size=16), None) as cache:
-        other = cluster_folder(photo_folder, get_method("phash", hash_size=16), 0.8, cache=cache)
+    other = cluster(photo_folder, "phash", 0.8, hash_size=16, cache=True)
     assert other.counts["features_reused"] == 0
 
 
 def test_other_version_is_not_used(photo_folder, isolated_cache, monkeypatch):
-    method = get_method("phash")
-    with open_cache(method, None) as cache:
-        cluster_folder(photo_folder, method, 0.8, cache=cache)
+    cluster(photo_folder, "phash", 0.8, cache=True)
     monkeypatch.setattr(PHash, "feature_version", PHash.feature_version + 1)
-    with open_cache(method, None) as cache:
-        again = cluster_folder(photo_folder, method, 0.8, cache=cache)
+    again = cluster(photo_folder, "phash", 0.8, cache=True)
     assert again.counts["features_reused"] == 0
 
 
 def test_rethreshold_scores_nothing_again_and_matches_cold_run(photo_folder, scored_phash):
-    method = get_method("phash")
-    with open_cache(method, None) as cache:
-        cluster_folder(photo_folder, method, 0.9, cache=cache, exhaustive=True)
+    cluster(photo_folder, "phash", 0.9, cache=True, exhaustive=True)
     scored_first = scored_phash["pairs"]
     assert scored_first >= 55  # every pair of 11 images
-    with open_cache(method, None) as cache:
-        warm = cluster_folder(photo_folder, method, 0.6, cache=cache, exhaustive=True)
+    warm = cluster(photo_folder, "phash", 0.6, cache=True, exhaustive=True)
     assert scored_phash["pairs"] == scored_first  # all from the cache
     assert warm.counts["pairs_scored"] == 0 and warm.counts["pairs_reused"] > 0
-    cold = cluster_folder(photo_folder, method, 0.6, exhaustive=True)
+    cold = cluster(photo_folder, "phash", 0.6, exhaustive=True, cache=False)
     assert same_result(warm, cold)
 
 
@@ -114,11 +104,8 @@ def test_cached_features_give_the_same_result_with_pool(photo_folder, monkeypatc
     import clusterimg.engine.extract as extract
 
     monkeypatch.setattr(extract, "MIN_IMAGES_FOR_POOL", 2)  # use real worker processes
-    method = get_method("phash")
-    with open_cache(method, None) as cache:
-        pooled = cluster_folder(photo_folder, method, 0.8, cache=cache, workers=2)
-    with open_cache(method, None) as cache:
-        cached = cluster_folder(photo_folder, method, 0.8, cache=cache, workers=1)
+    pooled = cluster(photo_folder, "phash", 0.8, cache=True, workers=2)
+    cached = cluster(photo_folder, "phash", 0.8, cache=True, workers=1)
     assert cached.counts["features_reused"] == 11
     assert same_result(pooled, cached)
 

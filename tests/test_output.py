@@ -12,7 +12,7 @@ from clusterimg import output
 from clusterimg.errors import ClusterimgError
 from clusterimg.images import Skipped
 from clusterimg.output import build_manifest, finish_job, pending_job, prepare_out_dir, unique_name, write_output
-from clusterimg.result import Cluster, Result
+from clusterimg.result import Cluster, Result, Root
 from clusterimg.progress import NoBar
 
 
@@ -28,7 +28,9 @@ def sample_tree(root: Path) -> Result:
     cluster = Cluster(members=["B/X.JPG", "a/x.jpg", "b/x.jpg"], representative="a/x.jpg",
                       scores={"B/X.JPG": 0.9, "a/x.jpg": 1.0, "b/x.jpg": 0.95})
     return Result(clusters=[cluster], outliers=["y.png", "z.gif"],
-                  skipped=[Skipped("notes.txt", "not an image file (by its extension)")], images=5, seconds=0.5)
+                  skipped=[Skipped("notes.txt", "not an image file (by its extension)")], images=5, seconds=0.5,
+                  method="phash", threshold=0.8, params={"hash_size": 8}, roots=[Root("", root.resolve())],
+                  input_arg=str(root))
 
 
 def contents(folder: Path) -> dict[str, bytes]:
@@ -43,8 +45,7 @@ def test_unique_name_is_case_insensitive_and_never_reuses_a_name():
 
 
 def make_manifest(root: Path, transfer: str) -> dict:
-    return build_manifest(sample_tree(root), method="phash", threshold=0.8, params={"hash_size": 8},
-                          input_arg=str(root), transfer=transfer)
+    return build_manifest(sample_tree(root), transfer=transfer)
 
 
 def test_manifest_schema(tmp_path):
@@ -71,7 +72,7 @@ def test_transfer_modes_leave_the_input_untouched(tmp_path, mode):
     manifest = make_manifest(root, mode)
     before = contents(root)
     prepare_out_dir(out, overwrite=False)
-    write_output(root, out, manifest, quiet_bar, print)
+    write_output(out, manifest, quiet_bar, print)
     assert contents(root) == before
     written = json.loads((out / "clusters.json").read_text())
     assert written["clusters"] == manifest["clusters"]
@@ -93,7 +94,7 @@ def test_move_moves_every_file_exactly_once(tmp_path):
     manifest = make_manifest(root, "move")
     before = contents(root)
     prepare_out_dir(out, overwrite=False)
-    write_output(root, out, manifest, quiet_bar, print)
+    write_output(out, manifest, quiet_bar, print)
     moved = {src: (out / dst).read_bytes() for src, dst in output.planned_transfers(manifest)}
     assert moved == before
     assert not any(p.is_file() for p in root.rglob("*"))
@@ -115,7 +116,7 @@ def test_interrupted_move_is_finished_by_running_again(tmp_path, monkeypatch):
 
     monkeypatch.setattr(output, "transfer_file", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
-        write_output(root, out, manifest, quiet_bar, print)
+        write_output(out, manifest, quiet_bar, print)
     monkeypatch.setattr(output, "transfer_file", real)
 
     # every file exists exactly once, in the input or in the output
@@ -155,7 +156,7 @@ def test_overwrite_replaces_an_earlier_copy_output_only(tmp_path):
     root, out = tmp_path / "in", tmp_path / "out"
     manifest = make_manifest(root, "copy")
     prepare_out_dir(out, overwrite=False)
-    write_output(root, out, manifest, quiet_bar, print)
+    write_output(out, manifest, quiet_bar, print)
     prepare_out_dir(out, overwrite=True)
     assert list(out.iterdir()) == []
 
@@ -164,7 +165,7 @@ def test_overwrite_never_deletes_originals_an_earlier_move_put_there(tmp_path):
     root, out = tmp_path / "in", tmp_path / "out"
     manifest = make_manifest(root, "move")
     prepare_out_dir(out, overwrite=False)
-    write_output(root, out, manifest, quiet_bar, print)
+    write_output(out, manifest, quiet_bar, print)
     with pytest.raises(ClusterimgError, match="moved there"):
         prepare_out_dir(out, overwrite=True)
     assert len([p for p in out.rglob("*") if p.is_file()]) == 6  # 5 images + manifest

@@ -11,7 +11,7 @@ from clusterimg.engine.scoring import PairScorer
 from clusterimg.engine.search import find_pairs
 from clusterimg.features.base import Feature, Method
 from clusterimg.progress import no_bar
-from clusterimg.result import Cluster
+from clusterimg.clustering.base import Clusterer, Group, Groups
 
 # Clusters up to this size get their representative from the full matrix of
 # member similarities; larger ones from the sum of their found pair scores.
@@ -173,24 +173,22 @@ def group_features(
     return uf.groups(), edges
 
 
-def summarise(
-    method: Method, features: Sequence[Feature], paths: Sequence[str], groups: list[list[int]], edges: Edges,
-    scorer: PairScorer | None = None,
-) -> tuple[list[Cluster], list[str]]:
-    """Clusters (ordered for output, with representatives and scores) and outliers."""
-    scorer = scorer or PairScorer(method, [])
-    strength = edges.strength(len(features))
-    clusters, outliers = [], []
-    for members in groups:
-        if len(members) == 1:
-            outliers.append(paths[members[0]])
-            continue
-        rep, scores = choose_representative(method, features, members, strength, scorer)
-        names = [paths[k] for k in members]
-        clusters.append(
-            Cluster(members=names, representative=names[rep],
-                    scores={p: round(float(sc), 4) for p, sc in zip(names, scores)})
-        )
-    by_members = {tuple(c.members): c for c in clusters}
-    ordered = [by_members[tuple(m)] for m in order_clusters([c.members for c in clusters])]
-    return ordered, sorted(outliers)
+class GraphClusterer(Clusterer):
+    """Pairs scoring at least the threshold are joined, and joined pairs
+    chain (if A~B and B~C, all three are one cluster): the model for
+    near-duplicates, where "alike" is a property of a pair."""
+
+    name = "graph"
+    summary = "pairs at least --threshold alike are joined, chained (union-find), batch by batch, then merged"
+
+    def cluster(self, method, features, scorer, *, threshold, batch_size, exhaustive, bars) -> Groups:
+        groups, edges = group_features(method, features, threshold, batch_size, exhaustive, bars, scorer)
+        strength = edges.strength(len(features))
+        found, outliers = [], []
+        for members in groups:
+            if len(members) == 1:
+                outliers.append(members[0])
+                continue
+            rep, scores = choose_representative(method, features, members, strength, scorer)
+            found.append(Group(members, members[rep], [round(float(x), 4) for x in scores]))
+        return Groups(found, outliers)

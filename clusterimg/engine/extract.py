@@ -1,18 +1,25 @@
 """Feature extraction over worker processes, cache-aware, in input order."""
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import signal
+import sys
+import types
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Sequence
 
 from clusterimg.cache import Cache, file_key
-from clusterimg.errors import ImageReadError
+from clusterimg.errors import ClusterimgError, ImageReadError
 from clusterimg.features.base import Feature, Method
 from clusterimg.progress import no_bar
 
 # Below this many images a process pool costs more than it saves.
 MIN_IMAGES_FOR_POOL = 64
+# Files a worker reads per task: large enough to batch a model and to cut
+# the pool's per-task overhead, small enough for steady progress.
+CHUNK = 32
 
 
 _worker_method: Method | None = None
@@ -29,20 +36,94 @@ def _init_worker(method: Method) -> None:
     cv2.setNumThreads(1)  # one process per core already; nested threads only fight
 
 
-def extract_one(method: Method, path: str) -> tuple[Feature | None, str | None]:
-    """(feature, None) or (None, one-line reason): one bad file never stops a folder."""
+def extract_chunk(method: Method, paths: Sequence[str]) -> list[tuple[Feature | None, str | None]]:
+    """Features of several files: each decoded on its own (a bad file gets its
+    reason), the decoded ones extracted together (a backend may batch them,
+    e.g. one model call); if that fails, one by one, so the failure is pinned
+    on the image that caused it."""
+    results: list[tuple[Feature | None, str | None]] = [(None, None)] * len(paths)
+    decoded, where = [], []
+    for k, path in enumerate(paths):
+        try:
+            decoded.append(method.decode(path))
+            where.append(k)
+        except ImageReadError as e:
+            results[k] = (None, str(e))
+        except MemoryError:
+            results[k] = (None, "out of memory while reading this image")
+        except Exception as e:
+            results[k] = (None, f"cannot decode image: {type(e).__name__}: {e}")
     try:
-        return method.feature(path), None
-    except ImageReadError as e:
-        return None, str(e)
-    except MemoryError:
-        return None, "out of memory while reading this image"
-    except Exception as e:  # a backend failing on one odd image must not end the run
-        return None, f"feature extraction failed: {type(e).__name__}: {e}"
+        features = method.extract_many(decoded) if decoded else []
+        if len(features) != len(decoded):
+            raise RuntimeError("extract_many returned the wrong number of features")
+    except Exception:
+        features = None
+    for n, k in enumerate(where):
+        if features is not None:
+            results[k] = (features[n], None)
+            continue
+        try:
+            results[k] = (method.extract(decoded[n]), None)
+        except MemoryError:
+            results[k] = (None, "out of memory while reading this image")
+        except Exception as e:
+            results[k] = (None, f"feature extraction failed: {type(e).__name__}: {e}")
+    return results
 
 
-def _extract_in_worker(path: str):
-    return extract_one(_worker_method, path)
+def _extract_chunk_in_worker(paths: Sequence[str]):
+    return extract_chunk(_worker_method, paths)
+
+
+@contextlib.contextmanager
+def _main_module_hidden(method: Method):
+    """Start worker processes without them re-running the caller's main module.
+
+    Forkserver and spawn workers import ``__main__`` again from its file;
+    that fails for code piped to ``python -`` or typed in a notebook, and a
+    script without ``if __name__ == "__main__"`` would start the run again in
+    every worker. The workers need nothing from ``__main__`` (the work lives
+    in clusterimg's modules), so it is swapped for an empty module while they
+    start, unless the backend itself was defined there.
+    """
+    main = sys.modules.get("__main__")
+    if main is None or type(method).__module__ == "__main__":
+        yield
+        return
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
+
+
+def _extract_iter(method: Method, files: Sequence[str], workers: int, chunk: int):
+    """Yield (feature, reason) for ``files`` in order, over ``workers`` processes."""
+    pieces = [files[k : k + chunk] for k in range(0, len(files), chunk)]
+    if workers <= 1 or len(files) < MIN_IMAGES_FOR_POOL:
+        for piece in pieces:
+            yield from extract_chunk(method, piece)
+        return
+    # forkserver, not fork: forking a process whose threads (OpenCV's, BLAS's)
+    # hold locks can leave a worker deadlocked, e.g. when clusterimg runs
+    # inside a bigger program.
+    context = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods()
+                                          else "spawn")
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(method,))
+    try:
+        with _main_module_hidden(method):
+            # map() submits every chunk now, which starts the workers now, while __main__ is hidden
+            results = pool.map(_extract_chunk_in_worker, pieces)
+        for piece in results:
+            yield from piece
+    except BrokenProcessPool as e:
+        _stop_workers(pool)
+        raise ClusterimgError(f"a worker process died ({e}); try again with --workers 1")
+    except BaseException:
+        _stop_workers(pool)
+        raise
+    pool.shutdown(wait=True)
 
 
 def _stop_workers(pool: ProcessPoolExecutor) -> None:
@@ -54,27 +135,6 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
             process.terminate()
         except Exception:  # already gone
             pass
-
-
-def _extract_iter(method: Method, files: Sequence[str], workers: int):
-    """Yield (feature, reason) for ``files`` in order, over ``workers`` processes."""
-    if workers <= 1 or len(files) < MIN_IMAGES_FOR_POOL:
-        for path in files:
-            yield extract_one(method, path)
-        return
-    chunksize = max(1, min(32, len(files) // (workers * 8)))
-    # forkserver, not fork: forking a process whose threads (OpenCV's, BLAS's)
-    # hold locks can leave a worker deadlocked, e.g. when clusterimg runs
-    # inside a bigger program.
-    context = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods()
-                                          else "spawn")
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(method,))
-    try:
-        yield from pool.map(_extract_in_worker, files, chunksize=chunksize)
-    except BaseException:
-        _stop_workers(pool)
-        raise
-    pool.shutdown(wait=True)
 
 
 def extract_features(
@@ -100,7 +160,8 @@ def extract_features(
         counts.update(features_read=len(todo), features_reused=len(files) - len(todo))
     with bar(len(files)) as shown:
         shown.update(len(files) - len(todo))
-        for k, item in zip(todo, _extract_iter(method, [files[k] for k in todo], workers)):
+        chunk = max(1, min(CHUNK, len(todo) // (max(1, workers) * 4)))
+        for k, item in zip(todo, _extract_iter(method, [files[k] for k in todo], workers, chunk)):
             results[k] = item
             if cache is not None and item[0] is not None:
                 cache.put_feature(keys[k], item[0])

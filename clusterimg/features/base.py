@@ -31,6 +31,11 @@ class Option:
     help: str
     choices: tuple[str, ...] | None = None  # the allowed values of a str option
 
+    @property
+    def flag(self) -> str:
+        """The command-line flag: ``hash_size`` -> ``--hash-size``."""
+        return "--" + self.name.replace("_", "-")
+
 
 def candidates_option(default: int) -> Option:
     """The shared ``--candidates`` option of backends with a nearest-neighbour search."""
