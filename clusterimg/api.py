@@ -26,6 +26,7 @@ from clusterimg.errors import ClusterimgError
 from clusterimg.features import available, get_method
 from clusterimg.features.base import Feature, Method
 from clusterimg.images import Skipped, discover
+from clusterimg.options import flag_of
 from clusterimg.progress import no_bar, tqdm_bars
 from clusterimg.result import Cluster, Result, Root
 
@@ -61,7 +62,7 @@ def split_options(method: str, cluster: str | None, options: dict[str, Any]) -> 
         else:
             wrong.append(name)
     if wrong:
-        flags = ", ".join("--" + w.replace("_", "-") for w in sorted(wrong))
+        flags = ", ".join(flag_of(w) for w in sorted(wrong))
         raise ValueError(f"{flags} does not apply to --method {method} with --cluster {model}")
     return backend_opts, model_opts
 

@@ -294,6 +294,5 @@ def methods_command():
         click.echo(f"{name:8s} {cls.summary}")
         click.echo(f"{'':8s} default threshold {cls.default_threshold:g}")
         for opt in cls.options:
-            flag = "--" + opt.name.replace("_", "-")
-            click.echo(f"{'':8s} {flag} (default {opt.default}): {opt.help}")
+            click.echo(f"{'':8s} {opt.flag} (default {opt.default}): {opt.help}")
         click.echo()

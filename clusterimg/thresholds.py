@@ -20,6 +20,7 @@ import numpy as np
 
 from clusterimg import api
 from clusterimg.errors import ClusterimgError
+from clusterimg.options import flag_of
 from clusterimg.clustering.threshold import UnionFind
 from clusterimg.features.base import Method
 from clusterimg.engine.scoring import PairScorer
@@ -258,7 +259,7 @@ def run_command(folder: str, method: str, threshold: float, options: dict, *, re
     for name, value in sorted(options.items()):
         if value is None:
             continue
-        flag = "--" + name.replace("_", "-")
+        flag = flag_of(name)
         if isinstance(value, bool):
             words.append(flag if value else "--no-" + flag[2:])
         else:

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Sequence
 
 from clusterimg.engine.scoring import PairScorer
-from clusterimg.features.base import Feature, Method, Option
+from clusterimg.features.base import Feature, Method
+from clusterimg.options import Configurable
 
 
 @dataclass
@@ -32,28 +33,13 @@ class Groups:
     info: dict[str, Any] = field(default_factory=dict)  # recorded in the manifest under "clustering"
 
 
-class Clusterer:
+class Clusterer(Configurable):
     """Base class of the clustering models."""
 
-    name: ClassVar[str]
     summary: ClassVar[str]
     # Which backends it can cluster: "pairs" (any backend, through pair
     # scores) or "vector" (backends with one vector per image).
     needs: ClassVar[str] = "pairs"
-    options: ClassVar[tuple[Option, ...]] = ()
-
-    def __init__(self, **values: Any):
-        known = {o.name: o for o in self.options}
-        unknown = set(values) - set(known)
-        if unknown:
-            raise ValueError(f"--cluster {self.name} has no option {', '.join(sorted(unknown))}")
-        self.params: dict[str, Any] = {
-            name: (values[name] if values.get(name) is not None else opt.default) for name, opt in known.items()
-        }
-        self.check_params()
-
-    def check_params(self) -> None:
-        """Raise ValueError with a user-facing message for impossible options."""
 
     def cluster(self, method: Method, features: Sequence[Feature], scorer: PairScorer, *,
                 threshold: float | None, batch_size: int, exhaustive: bool, bars) -> Groups:

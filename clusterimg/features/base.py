@@ -11,30 +11,14 @@ scores only those candidates. Grouping and output never see any of this.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence, Union
 
 import numpy as np
 
 from clusterimg.images import load_image
+from clusterimg.options import Configurable, Option
 
 Feature = Union[np.ndarray, dict]
-
-
-@dataclass(frozen=True)
-class Option:
-    """A backend option, offered on the command line as ``--NAME``."""
-
-    name: str
-    type: Any  # int, float, str or bool
-    default: Any
-    help: str
-    choices: tuple[str, ...] | None = None  # the allowed values of a str option
-
-    @property
-    def flag(self) -> str:
-        """The command-line flag: ``hash_size`` -> ``--hash-size``."""
-        return "--" + self.name.replace("_", "-")
 
 
 def candidates_option(default: int) -> Option:
@@ -43,17 +27,15 @@ def candidates_option(default: int) -> Option:
                   "nearest images per image that get the full comparison (--exhaustive: all pairs)")
 
 
-class Method:
+class Method(Configurable):
     """Base class of the backends. Subclasses set the class attributes and
     implement :meth:`extract` and :meth:`score`."""
 
-    name: ClassVar[str]
     summary: ClassVar[str]  # one line: what the backend is good at
     # "pairs": near-duplicate backends, clustered by a threshold on pair scores;
     # "vector": a fixed-length vector per image, clustered by vector models.
     kind: ClassVar[str] = "pairs"
     default_threshold: ClassVar[float]
-    options: ClassVar[tuple[Option, ...]] = ()
     # Whether pair scores are expensive enough to be worth storing in the cache.
     cache_scores: ClassVar[bool] = True
     # Version of the feature format: bump it when extract() changes, so that
@@ -61,22 +43,9 @@ class Method:
     feature_version: ClassVar[int] = 1
 
     def __init__(self, **values: Any):
-        known = {o.name: o for o in self.options}
-        unknown = set(values) - set(known)
-        if unknown:
-            raise ValueError(f"{self.name} has no option {', '.join(sorted(unknown))}")
-        self.params: dict[str, Any] = {
-            name: (values[name] if values.get(name) is not None else opt.default) for name, opt in known.items()
-        }
+        super().__init__(**values)
         if self.params.get("candidates", 1) < 1:
             raise ValueError("--candidates must be at least 1")
-        for name, opt in known.items():
-            if opt.choices is not None and self.params[name] not in opt.choices:
-                raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(opt.choices)}")
-        self.check_params()
-
-    def check_params(self) -> None:
-        """Raise ValueError with a user-facing message for impossible options."""
 
     # -- decoding and features -------------------------------------------
     decode_side: ClassVar[int | None] = 256  # longest side the backend needs
