@@ -207,6 +207,7 @@ def cluster(
     cache: bool | str | os.PathLike = True,
     exclude: str | os.PathLike | None = None,
     progress=None,
+    keep_features: bool = False,
     **options,
 ) -> Result:
     """Cluster the images of ``inputs`` and return a :class:`Result`.
@@ -221,7 +222,9 @@ def cluster(
     the same names and defaults as the command line's flags. ``cache``: True
     (the user cache folder), a folder, or False. ``exclude``: a folder to
     leave out. ``progress``: True for progress bars on stderr, or a bar
-    factory (see :mod:`clusterimg.progress`).
+    factory (see :mod:`clusterimg.progress`). ``keep_features``: keep each
+    image's feature in ``result.features`` (path -> feature), e.g. to fit a
+    model that assigns new images later.
 
     >>> import clusterimg
     >>> result = clusterimg.cluster("examples", method="phash", cache=False)
@@ -271,6 +274,7 @@ def cluster(
         input_arg=_input_arg(inputs),
         timings=timings,
         counts=dict(images.counts, pairs_scored=scorer.computed, pairs_reused=scorer.reused),
+        features=dict(zip(images.paths, images.features)) if keep_features else None,
     )
 
 

@@ -62,6 +62,7 @@ class Result:
     timings: dict[str, float] = field(default_factory=dict)
     # work done vs taken from the cache: features_read / _reused, pairs_scored / _reused
     counts: dict[str, int] = field(default_factory=dict)
+    features: dict[str, Any] | None = None  # path -> feature, with cluster(..., keep_features=True)
 
     def source(self, path: str) -> Path:
         """The file behind a path of this result (a member, outlier or skipped path)."""
