@@ -10,6 +10,7 @@ optional ``progress`` bar factory.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import time
 from dataclasses import dataclass
@@ -247,9 +248,12 @@ def cluster(
     paths, skipped = find_images(roots, recursive=recursive, exclude=Path(exclude) if exclude else None)
     timings = {"discover": time.perf_counter() - started}
     source = Result([], [], [], 0, roots=roots).source
+    twin_of = exact_copies([str(source(p)) for p in paths])
+    timings["exact"] = time.perf_counter() - started - timings["discover"]
     with cache_for(backend, cache) as store:
         t = time.perf_counter()
-        images = read_images(backend, paths, source, workers=workers or os.cpu_count() or 1, cache=store,
+        unique = [p for k, p in enumerate(paths) if k not in twin_of]
+        images = read_images(backend, unique, source, workers=workers or os.cpu_count() or 1, cache=store,
                              bar=bars("reading images"))
         timings["extract"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -259,12 +263,16 @@ def cluster(
                                exhaustive=exhaustive, bars=bars)
         timings["cluster"] = time.perf_counter() - t
     clusters, outliers = name_groups(groups, images.paths)
+    copies = {}
+    for k, first in twin_of.items():
+        copies.setdefault(paths[first], []).append(paths[k])
+    clusters, outliers, skipped_copies = add_exact_copies(clusters, outliers, images.skipped, copies)
     graph = model.name == "graph"
     return Result(
         clusters=clusters,
         outliers=outliers,
-        skipped=sorted(skipped + images.skipped, key=lambda s: s.path),
-        images=len(images.paths),
+        skipped=sorted(skipped + images.skipped + skipped_copies, key=lambda s: s.path),
+        images=len(images.paths) + len(twin_of) - len(skipped_copies),
         seconds=time.perf_counter() - started,
         method=method,
         threshold=used if graph else None,
@@ -273,7 +281,8 @@ def cluster(
         roots=roots,
         input_arg=_input_arg(inputs),
         timings=timings,
-        counts=dict(images.counts, pairs_scored=scorer.computed, pairs_reused=scorer.reused),
+        counts=dict(images.counts, pairs_scored=scorer.computed, pairs_reused=scorer.reused,
+                    exact_copies=len(twin_of) - len(skipped_copies)),
         features=dict(zip(images.paths, images.features)) if keep_features else None,
     )
 
@@ -289,6 +298,76 @@ def name_groups(groups: Groups, paths: Sequence[str]) -> tuple[list[Cluster], li
             scores={paths[k]: s for k, s in zip(g.members, g.scores)})
     ordered = [by_members[tuple(m)] for m in order_clusters(list(by_members))]
     return ordered, sorted(paths[k] for k in groups.outliers)
+
+
+def exact_copies(files: Sequence[str]) -> dict[int, int]:
+    """{k: first}: file ``k`` has the same bytes as the earlier file ``first``.
+
+    Only files of equal size are read (a hash of their content), so a folder
+    without copies costs one stat per file.
+    """
+    by_size: dict[int, list[int]] = {}
+    for k, file in enumerate(files):
+        try:
+            size = os.stat(file).st_size
+        except OSError:
+            continue  # it will be reported when it is read
+        if size:
+            by_size.setdefault(size, []).append(k)
+    twin_of: dict[int, int] = {}
+    for same_size in by_size.values():
+        if len(same_size) < 2:
+            continue
+        first_with: dict[bytes, int] = {}
+        for k in same_size:
+            digest = _content_digest(files[k])
+            if digest is None:
+                continue
+            if digest in first_with:
+                twin_of[k] = first_with[digest]
+            else:
+                first_with[digest] = k
+    return twin_of
+
+
+def _content_digest(file: str) -> bytes | None:
+    h = hashlib.blake2b(digest_size=20)
+    try:
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError:
+        return None
+    return h.digest()
+
+
+def add_exact_copies(clusters: list[Cluster], outliers: list[str], skipped: list[Skipped],
+                     copies: dict[str, list[str]]) -> tuple[list[Cluster], list[str], list[Skipped]]:
+    """Put each exact copy where its original is, with the original's score:
+    in its cluster, or with an outlier original in a new cluster of the two.
+    Copies of an unreadable original are skipped with its reason."""
+    if not copies:
+        return clusters, outliers, []
+    reasons = {s.path: s.reason for s in skipped}
+    skipped_copies = [Skipped(c, reasons[o]) for o, cs in copies.items() if o in reasons for c in cs]
+    placed = []
+    for c in clusters:
+        extra = [x for m in c.members for x in copies.get(m, [])]
+        if extra:
+            exact = set(c.exact) | {m for m in c.members if m in copies} | set(extra)
+            scores = dict(c.scores, **{x: c.scores[m] for m in c.members for x in copies.get(m, [])})
+            c = Cluster(sorted(c.members + extra), c.representative, scores, sorted(exact))
+        placed.append(c)
+    alone = []
+    for o in outliers:
+        if o in copies:
+            members = sorted([o, *copies[o]])
+            placed.append(Cluster(members, o, {m: 1.0 for m in members}, members))
+        else:
+            alone.append(o)
+    by_members = {tuple(c.members): c for c in placed}
+    ordered = [by_members[tuple(m)] for m in order_clusters(list(by_members))]
+    return ordered, alone, skipped_copies
 
 
 def _input_arg(inputs) -> Any:

@@ -1,7 +1,9 @@
 """Command line: parse options, call the library API, print, exit codes. No logic lives here."""
 from __future__ import annotations
 
+import csv
 import functools
+import io
 import json
 import sys
 from pathlib import Path
@@ -14,7 +16,7 @@ from clusterimg.cache import ENV_VAR, default_cache_dir
 from clusterimg.clustering import available_clusterers
 from clusterimg.errors import ClusterimgError
 from clusterimg.features import available
-from clusterimg.output import TRANSFERS, finish_job, pending_job, prepare_out_dir, write_output
+from clusterimg.output import MANIFEST, TRANSFERS, finish_job, pending_job, prepare_out_dir, write_output
 from clusterimg.progress import tqdm_bars
 
 
@@ -123,13 +125,14 @@ def main():
 
 
 @main.command()
-@click.argument("folder", type=click.Path(path_type=Path, file_okay=True, dir_okay=True))
+@click.argument("folders", nargs=-1, required=True, type=click.Path(path_type=Path, file_okay=True, dir_okay=True))
 @method_option
 @cluster_option
 @click.option("--threshold", "-t", type=ThresholdType(), default=None,
               help="Pairs at least this similar (0..1) are joined. [default: the method's calibrated one]")
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=None,
-              help="Output folder. [default: FOLDER_clustered beside the input]")
+              help="Output folder. [default: FOLDER_clustered beside the input; with --transfer none and "
+                   "--json or --format, nothing is written]")
 @click.option("--transfer", type=click.Choice(TRANSFERS), default="copy", show_default=True,
               help="How files get into the output tree; `none` writes only the manifest.")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier clusterimg output in --out.")
@@ -139,54 +142,104 @@ def main():
 @click.option("--workers", "-j", type=click.IntRange(min=1), default=None,
               help="Processes for reading images. [default: CPU count]")
 @click.option("--exhaustive", is_flag=True, help="Score every pair instead of the method's candidate search.")
-@click.option("--json", "as_json", is_flag=True, help="Print the manifest on stdout (the summary goes to stderr).")
+@click.option("--format", "out_format", type=click.Choice(["json", "csv"]), default=None,
+              help="Print the manifest on stdout as JSON, or as CSV (path, cluster, representative, score, "
+                   "exact); the summary goes to stderr.")
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars and no summary.")
 @cache_options
 @model_options
 @friendly_errors
-def run(folder, method, cluster, threshold, out, transfer, overwrite, batch_size, recursive, workers, exhaustive,
-        as_json, quiet, cache_dir, no_cache, **options):
-    """Cluster the images in FOLDER and write the clusters to an output folder.
+def run(folders, method, cluster, threshold, out, transfer, overwrite, batch_size, recursive, workers, exhaustive,
+        out_format, as_json, quiet, cache_dir, no_cache, **options):
+    """Cluster the images in FOLDERS (one or more folders, clustered together)
+    and write the clusters to an output folder.
 
     Features and pair scores are kept in a cache: another run on the same
-    folder (at another threshold, or after Ctrl-C) reuses them.
+    folders (at another threshold, or after Ctrl-C) reuses them.
     """
     check_options(method, cluster, options)
-    out = out if out is not None else folder.parent / f"{folder.resolve().name}_clustered"
+    out_format = out_format or ("json" if as_json else None)
+    # A pipe (`--transfer none --json | jq`) writes nothing, so it can run again.
+    to_disk = not (transfer == "none" and out_format and out is None)
+    if out is None:
+        if len(folders) > 1:
+            raise click.UsageError("several input folders need --out")
+        out = folders[0].resolve().parent / f"{folders[0].resolve().name}_clustered"  # `run .` too
     bars = tqdm_bars(show_progress(quiet))
-    say = (lambda msg: click.echo(msg, err=True)) if (as_json or quiet) else click.echo
+    say = (lambda msg: click.echo(msg, err=True)) if (out_format or quiet) else click.echo
     warn = lambda msg: click.echo(f"Warning: {msg}", err=True)
 
-    job = pending_job(out)
+    job = pending_job(out) if to_disk else None
     if job is not None:
         say(f"Finishing the interrupted run recorded in {out} ({job['transfer']} of "
-            f"{len(job['clusters'])} clusters); its options are used, not this command's.")
+            f"{plural(len(job['clusters']), 'cluster')}); its options are used, not this command's.")
         manifest = finish_job(out, job, bars(job["transfer"]), warn)
+        result = None
     else:
-        api.resolve_inputs(folder)  # a bad input is refused before the output folder is touched
-        inside = _is_inside(out, folder)
-        if not no_cache and _is_inside(cache_dir or default_cache_dir(), out):
-            raise click.UsageError("the cache folder cannot be inside the output folder (use --cache-dir)")
-        prepare_out_dir(out, overwrite)
+        roots = api.resolve_inputs(folders)  # a bad input is refused before the output folder is touched
+        inside = any(_is_inside(out, root.path) for root in roots)
+        if to_disk:
+            if not no_cache and _is_inside(cache_dir or default_cache_dir(), out):
+                raise click.UsageError("the cache folder cannot be inside the output folder (use --cache-dir)")
+            # an output of an earlier --transfer none run holds only its manifest: replacing it loses nothing
+            prepare_out_dir(out, overwrite or (transfer == "none" and _only_a_manifest(out)))
         result = api.cluster(
-            folder, method, threshold, cluster=cluster, batch_size=batch_size, recursive=recursive,
-            workers=workers, exhaustive=exhaustive, cache=cache_arg(cache_dir, no_cache),
+            folders[0] if len(folders) == 1 else folders, method, threshold, cluster=cluster, batch_size=batch_size,
+            recursive=recursive, workers=workers, exhaustive=exhaustive, cache=cache_arg(cache_dir, no_cache),
             exclude=out if inside else None, progress=bars, **options)
         if not no_cache and not quiet:
-            say(cache_line(result.counts))
+            say(cache_line(result))
         manifest = result.manifest(transfer)
-        write_output(out, manifest, bars(transfer), warn)
-    if as_json:
+        if to_disk:
+            write_output(out, manifest, bars(transfer), warn)
+    if out_format == "json":
         click.echo(json.dumps(manifest, indent=1, ensure_ascii=False, allow_nan=False))
+    elif out_format == "csv":
+        click.echo(manifest_csv(manifest), nl=False)
     if not quiet:
-        say(summary_line(manifest, out))
+        say(summary_line(manifest, out if to_disk else None))
+        if result is not None and result.images == 0 and not recursive:
+            below = len(api.find_images(roots, recursive=True)[0])
+            if below:
+                say(f"Hint: {plural(below, 'image')} in subfolders; drop --no-recursive to read them.")
 
 
-def cache_line(counts: dict) -> str:
-    text = (f"Cache: {counts.get('features_reused', 0)} images' features reused, "
-            f"{counts.get('features_read', 0)} read")
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """``1 cluster``, ``2 clusters``."""
+    return f"{n} {word if n == 1 else (words or word + 's')}"
+
+
+def manifest_csv(manifest: dict) -> str:
+    """One row per image read: path, cluster, representative, score, exact
+    (outliers have an empty cluster)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "cluster", "representative", "score", "exact"])
+    for c in manifest["clusters"]:
+        for m in c["members"]:
+            writer.writerow([m["path"], c["id"], c["representative"], m["score"], str(m.get("exact", False)).lower()])
+    for o in manifest["outliers"]:
+        writer.writerow([o["path"], "", "", "", "false"])
+    return buffer.getvalue()
+
+
+def _only_a_manifest(out: Path) -> bool:
+    try:
+        return out.is_dir() and [p.name for p in out.iterdir()] == [MANIFEST]
+    except OSError:
+        return False
+
+
+def cache_line(result) -> str:
+    """What the cache saved, counted over the images read (exact copies are not read twice)."""
+    counts = result.counts
+    reused = counts.get("features_reused", 0)
+    computed = result.images - counts.get("exact_copies", 0) - reused
+    text = f"Cache: features of {plural(reused, 'image')} reused, {computed} computed"
     if counts.get("pairs_reused") or counts.get("pairs_scored"):
-        text += f"; {counts.get('pairs_reused', 0)} pair scores reused, {counts.get('pairs_scored', 0)} computed"
+        text += (f"; {plural(counts.get('pairs_reused', 0), 'pair score')} reused, "
+                 f"{counts.get('pairs_scored', 0)} computed")
     return text + "."
 
 
@@ -198,14 +251,18 @@ def _is_inside(path: Path, folder: Path) -> bool:
         return False
 
 
-def summary_line(manifest: dict, out: Path) -> str:
+def summary_line(manifest: dict, out: Path | None) -> str:
     s = manifest["stats"]
     if manifest.get("threshold") is not None:
         how = f"{manifest['method']}, threshold {manifest['threshold']:g}"
     else:
         how = f"{manifest['method']}, {manifest.get('clustering', {}).get('model', '?')}"
-    return (f"{s['images']} images read, {s['skipped']} skipped: {s['clusters']} clusters, "
-            f"{s['outliers']} outliers in {s['seconds']:.1f} s ({how}) -> {out / 'clusters.json'}")
+    exact = s.get("exact_copies", 0)
+    line = (f"{plural(s['images'], 'image')} read, {s['skipped']} skipped: {plural(s['clusters'], 'cluster')}, "
+            f"{plural(s['outliers'], 'outlier')}"
+            + (f" ({plural(exact, 'exact copy', 'exact copies')})" if exact else "")
+            + f" in {s['seconds']:.1f} s ({how})")
+    return line + (f" -> {out / MANIFEST}" if out is not None else "")
 
 
 @main.command("threshold")
@@ -242,6 +299,8 @@ def threshold_command(ctx, folder, method, sample_size, seed, recursive, workers
     and scores computed here are cached, so that run does not repeat them.
     """
     check_options(method, "graph", kwargs)
+    if plot is not None:
+        th.require_matplotlib()  # before the work, not after
     backend, _ = api.configure(method, "graph", **kwargs)
     options = {k: v for k, v in kwargs.items() if v is not None}
     interactive = sys.stdin.isatty() if ask is None else ask
@@ -281,7 +340,7 @@ def threshold_command(ctx, folder, method, sample_size, seed, recursive, workers
                              cache_dir=None if cache_dir is None else str(cache_dir), no_cache=no_cache)
     if run_after:
         click.echo(f"Running: {command}")
-        ctx.invoke(run, folder=folder, method=method, threshold=chosen, recursive=recursive, workers=workers,
+        ctx.invoke(run, folders=(folder,), method=method, threshold=chosen, recursive=recursive, workers=workers,
                    exhaustive=exhaustive, quiet=quiet, cache_dir=cache_dir, no_cache=no_cache, **options)
     else:
         click.echo(command)

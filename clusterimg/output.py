@@ -58,11 +58,13 @@ def build_manifest(result: Result, *, transfer: str) -> dict[str, Any]:
     for number, cluster in enumerate(result.clusters, 1):
         cid = f"cluster_{number:0{width}d}"
         outputs = _place(cid, cluster.members)
+        exact = set(cluster.exact)
         clusters.append({
             "id": cid,
             "representative": cluster.representative,
             "members": [
-                {"path": p, "output": outputs[p] if write else None, "score": cluster.scores[p]}
+                {"path": p, "output": outputs[p] if write else None, "score": cluster.scores[p],
+                 "exact": p in exact}
                 for p in cluster.members
             ],
         })
@@ -88,6 +90,7 @@ def build_manifest(result: Result, *, transfer: str) -> dict[str, Any]:
             "skipped": len(result.skipped),
             "clusters": len(result.clusters),
             "outliers": len(result.outliers),
+            "exact_copies": result.counts.get("exact_copies", 0),
             "seconds": round(result.seconds, 3),
         },
     })

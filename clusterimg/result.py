@@ -18,12 +18,15 @@ from clusterimg.images import Skipped
 @dataclass
 class Cluster:
     """One cluster: ``members`` (paths relative to the input, sorted), the
-    ``representative`` (the member most typical of the cluster), and each
-    member's similarity to it in ``scores``."""
+    ``representative`` (the member most typical of the cluster), each
+    member's similarity to it in ``scores``, and in ``exact`` the members
+    that are byte-identical copies of another member (found before any
+    backend runs; a copy scores what its original scores)."""
 
     members: list[str]
     representative: str
     scores: dict[str, float]
+    exact: list[str] = field(default_factory=list)  # members byte-identical to another member
 
     def __len__(self) -> int:
         return len(self.members)

@@ -278,9 +278,8 @@ def run_command(folder: str, method: str, threshold: float, options: dict, *, re
 # -- pictures (optional extra) -------------------------------------------------------
 
 
-def plot_curve(path: Path, rows: Sequence[Row], total: int, suggestion: Suggestion | None,
-               chosen: float | None = None) -> None:
-    """The curve as a picture: images clustered and clusters (estimated) against threshold."""
+def require_matplotlib():
+    """matplotlib.pyplot (Agg), or a one-line error saying how to install it."""
     try:
         import matplotlib
 
@@ -288,6 +287,13 @@ def plot_curve(path: Path, rows: Sequence[Row], total: int, suggestion: Suggesti
         import matplotlib.pyplot as plt
     except ImportError:
         raise ClusterimgError("--plot needs matplotlib: pip install 'clusterimg[plot]'", exit_code=2)
+    return plt
+
+
+def plot_curve(path: Path, rows: Sequence[Row], total: int, suggestion: Suggestion | None,
+               chosen: float | None = None) -> None:
+    """The curve as a picture: images clustered and clusters (estimated) against threshold."""
+    plt = require_matplotlib()
     t = [r.threshold for r in rows]
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.plot(t, [r.est_images for r in rows], label="images clustered")

@@ -57,12 +57,25 @@ def test_run_writes_the_cluster_tree_and_manifest(photo_folder, tmp_path):
 
 
 def test_json_goes_to_stdout_and_default_output_sits_beside_the_input(photo_folder):
-    result = CliRunner().invoke(main, ["run", str(photo_folder), "--json", "--transfer", "none"])
+    result = CliRunner().invoke(main, ["run", str(photo_folder), "--transfer", "none"])
     assert result.exit_code == 0
-    manifest = json.loads(result.stdout)
+    assert (photo_folder.parent / "photos_clustered" / "clusters.json").is_file()
+    # a second --transfer none run replaces a folder that holds only its earlier manifest
+    again = CliRunner().invoke(main, ["run", str(photo_folder), "--transfer", "none", "--json"] +
+                               ["--out", str(photo_folder.parent / "photos_clustered")])
+    assert again.exit_code == 0, again.output
+    manifest = json.loads(again.stdout)
     assert clusters_of(manifest) == EXPECTED
     assert manifest["input"] == str(photo_folder)
-    assert (photo_folder.parent / "photos_clustered" / "clusters.json").is_file()
+
+
+def test_a_pipe_with_json_and_no_out_writes_nothing_and_can_run_again(photo_folder):
+    """`clusterimg run DIR --transfer none --json | jq ...`, twice."""
+    for _ in range(2):
+        result = CliRunner().invoke(main, ["run", str(photo_folder), "--json", "--transfer", "none"])
+        assert result.exit_code == 0, result.output
+        assert clusters_of(json.loads(result.stdout)) == EXPECTED
+    assert not (photo_folder.parent / "photos_clustered").exists()
 
 
 def test_batches_are_merged_across_batch_boundaries(photo_folder, tmp_path):

@@ -61,7 +61,7 @@ def test_manifest_schema(tmp_path):
     ]
     assert m["outliers"] == [{"path": "y.png", "output": "outliers/y.png"}, {"path": "z.gif", "output": "outliers/z.gif"}]
     assert m["skipped"] == [{"path": "notes.txt", "reason": "not an image file (by its extension)"}]
-    assert m["stats"] == {"images": 5, "skipped": 1, "clusters": 1, "outliers": 2, "seconds": 0.5}
+    assert m["stats"] == {"images": 5, "skipped": 1, "clusters": 1, "outliers": 2, "exact_copies": 0, "seconds": 0.5}
     none = make_manifest(tmp_path, "none")
     assert all(e["output"] is None for e in none["outliers"] + none["clusters"][0]["members"])
 

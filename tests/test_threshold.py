@@ -104,7 +104,7 @@ def test_threshold_then_run_reuses_the_features(photo_folder, tmp_path):
     runner = CliRunner()
     first = runner.invoke(main, ["threshold", str(photo_folder), "--no-input", "--run", "--sample", "50"])
     assert first.exit_code == 0, first.output
-    assert "Cache: 11 images' features reused, 0 read" in first.output
+    assert "Cache: features of 11 images reused, 0 computed" in first.output
     assert (photo_folder.parent / "photos_clustered" / "clusters.json").is_file()
 
 
