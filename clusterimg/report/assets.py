@@ -258,6 +258,7 @@ JS = r"""
     else if (e.key === "/") { e.preventDefault(); box.focus(); }
     else return;
   });
+  window.clusterimgDecisions = decisions;  // what "download decisions" saves (for scripts and tests)
   render();
   decisionInfo();
   document.body.dataset.ready = "1";
