@@ -146,3 +146,14 @@ def test_report_of_a_folder_without_manifest_is_refused(tmp_path):
     assert result.exit_code == 2
     assert "not a clusterimg output folder" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "report.html").exists()
+
+
+def test_after_a_dedupe_the_moved_images_are_shown_from_the_trash(tmp_path):
+    root, out, manifest = make_run(tmp_path)
+    plan = dd.run_dedupe(out)
+    assert plan.moves
+    build_report(out)
+    shown = {m[0]: m for c in page_data(out / "report.html")["clusters"] for m in c["m"]}
+    for move in plan.moves:
+        assert shown[move.path][2] is not None  # a thumbnail, made from the trash
+        assert shown[move.path][8].startswith("./duplicates/")

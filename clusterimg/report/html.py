@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from clusterimg.dedupe import Facts, choose, input_file, load_manifest
+from clusterimg.dedupe import Facts, choose, input_file, load_manifest, read_journal
 from clusterimg.output import write_json_atomic
 from clusterimg.progress import no_bar
 from clusterimg.report.assets import CSS, JS
@@ -225,11 +225,15 @@ def build_report(out_dir: Path, manifest: dict | None = None, *, workers: int = 
     entries += [(o, None) for o in manifest.get("outliers", [])]
     info: dict[str, dict[str, Any]] = {}  # manifest path -> facts for the page
     jobs: list[tuple[str, str]] = []
+    journal = read_journal(out)
+    trashed = {m["path"]: Path(m["dst"]) for m in journal["moves"]} if journal else {}
     for entry, _ in entries:
         path = entry["path"]
         src = out / entry["output"] if entry.get("output") else None
         if src is None or not src.is_file():
             src = input_file(manifest, out, path)
+        if (src is None or not src.is_file()) and path in trashed:
+            src = trashed[path]  # put away by `clusterimg dedupe`: shown from the trash
         try:
             st = src.stat() if src is not None else None
         except OSError:
