@@ -83,7 +83,8 @@ def browse(out: Path, shots: Path) -> None:
         (shots / "3-filter.png").write_bytes(p.screenshot())
         p.evaluate("(() => { const f = document.getElementById('filter'); f.value = '';"
                    " f.dispatchEvent(new Event('input')); document.getElementById('tab-outliers').click(); })()")
-        p.wait_for("document.getElementById('tab-outliers').getAttribute('aria-pressed') === 'true'")
+        p.wait_for("document.getElementById('tab-outliers').getAttribute('aria-pressed') === 'true'"
+                   " && !document.getElementById('pageinfo').textContent.includes('matching')")
         p.wait_for(loaded)
         print("outliers tab:", p.evaluate("document.getElementById('pageinfo').textContent"),
               "images", p.evaluate("document.images.length"))
