@@ -13,7 +13,7 @@
     # dedupe -> undo on a copy of the dev images: md5 multiset identical,
     # every path back; then dedupe SIGKILLed at 5 random moments, re-run,
     # nothing lost, then undone
-    python3 benchmarks/report_dedupe.py roundtrip /tmp/rep_rt --kills 5 --seed 1
+    python3 benchmarks/report_dedupe.py roundtrip /tmp/rep_rt --kills 5 --seed 1 [--method phash]
 
 Run from the project root (it runs `python -m clusterimg` with PYTHONPATH set
 to the project root).
@@ -34,7 +34,9 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCH = ROOT.parent / "shared" / "bench"
+# ../shared/bench beside the project (or beside the folder of its worktrees)
+BENCH = next((p for p in (ROOT.parent / "shared" / "bench", ROOT.parents[1] / "shared" / "bench") if p.is_dir()),
+             ROOT.parent / "shared" / "bench")
 sys.path.insert(0, str(ROOT / "tests"))
 ENV = dict(os.environ, PYTHONPATH=str(ROOT))
 
@@ -147,12 +149,13 @@ def trash_count(trash: Path) -> int:
         return 0
 
 
-def roundtrip(dest: Path, kills: int, seed: int) -> None:
+def roundtrip(dest: Path, kills: int, seed: int, method: str) -> None:
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
     images, out = dest / "images", dest / "out"
     shutil.copytree(BENCH / "dev" / "images", images)
-    cli("run", str(images), "--method", "orb", "--transfer", "none", "--out", str(out), "-j", "2", "-q")
+    print(cli("run", str(images), "--method", method, "--transfer", "none", "--out", str(out), "-j", "2",
+              "--no-cache").stdout.strip())
     trash = out / "duplicates"
     before = snapshot(images)
     print(f"{len(before)} files in the copy of dev/images")
@@ -201,13 +204,14 @@ def main() -> None:
     r.add_argument("dest", type=Path)
     r.add_argument("--kills", type=int, default=5)
     r.add_argument("--seed", type=int, default=1)
+    r.add_argument("--method", default="phash")
     args = ap.parse_args()
     if args.what == "browse":
         browse(args.out, args.shots)
     elif args.what == "build-time":
         build_time(args.dest, args.workers)
     else:
-        roundtrip(args.dest, args.kills, args.seed)
+        roundtrip(args.dest, args.kills, args.seed, args.method)
 
 
 if __name__ == "__main__":
