@@ -70,6 +70,11 @@ def browse(out: Path, shots: Path) -> None:
                            " counts: document.querySelector('.counts').textContent,"
                            " decisions: document.getElementById('decisioninfo').textContent})")
         print("page 1:", json.dumps(facts, ensure_ascii=False))
+        print(f"first screen with its images loaded {p.evaluate('performance.now()'):.0f} ms after navigation; "
+              "page render (next, then prev) in ms:",
+              p.evaluate("(() => { const t0 = performance.now(); document.getElementById('next').click();"
+                         " const t1 = performance.now(); document.getElementById('prev').click();"
+                         " return [Math.round(t1 - t0), Math.round(performance.now() - t1)]; })()"))
         (shots / "1-first-page.png").write_bytes(p.screenshot())
         p.key("ArrowRight", key_code=39)
         p.wait_for("document.body.dataset.page === '2'")

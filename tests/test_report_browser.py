@@ -150,3 +150,18 @@ def test_the_error_check_sees_console_errors_exceptions_and_broken_images(browse
     assert any("boom" in e for e in new), new
     assert any(e.startswith("exception:") for e in new), new
     assert any("missing.jpg" in e for e in new), new
+
+
+def test_pages_of_big_clusters_are_cut_by_image_count(browser, tmp_path, monkeypatch):
+    from clusterimg.report import html as report_html
+
+    root, out, _ = make_run(tmp_path, clusters=7, per=3)
+    monkeypatch.setattr(report_html, "PAGE_IMAGES", 7)
+    p = open_page(browser, build_report(out))
+    assert text(p, "#pageinfo") == "page 1 / 4 \u00b7 7 clusters"  # 2 clusters of 3 images a page
+    assert count(p, "section.cluster") == 2
+    p.key("ArrowRight", key_code=39)
+    p.wait_for("document.body.dataset.page === '2'")
+    assert p.evaluate("Array.from(document.querySelectorAll('section.cluster')).map(s => s.id)") == [
+        "cluster_0003", "cluster_0004"]
+    assert browser.errors == [], browser.errors

@@ -186,11 +186,27 @@ JS = r"""
     root.appendChild(t);
   }
 
+  // page boundaries: clusters fill a page up to pageSize clusters or pageImages
+  // images (at least one cluster), so a page of big clusters stays light
+  function bounds(all) {
+    var size = SIZES[state.tab], starts = [0];
+    if (state.tab !== "clusters") {
+      for (var k = size; k < all.length; k += size) starts.push(k);
+      return starts;
+    }
+    var n = 0, images = 0;
+    all.forEach(function (c, k) {
+      if (n && (n >= size || images + c.m.length > D.pageImages)) { starts.push(k); n = 0; images = 0; }
+      n += 1; images += c.m.length;
+    });
+    return starts;
+  }
+
   function render() {
-    var all = items(), size = SIZES[state.tab];
-    var pages = Math.max(1, Math.ceil(all.length / size));
+    var all = items(), starts = bounds(all);
+    var pages = starts.length;
     state.page = Math.min(Math.max(0, state.page), pages - 1);
-    var slice = all.slice(state.page * size, (state.page + 1) * size);
+    var slice = all.slice(starts[state.page], state.page + 1 < pages ? starts[state.page + 1] : all.length);
     var root = document.getElementById("view");
     root.textContent = "";
     if (!slice.length) root.appendChild(el("p", "empty", state.filter ? "Nothing matches the filter." : "None."));

@@ -35,7 +35,8 @@ REPORT = "report.html"
 THUMBS = "thumbnails"
 INDEX = "index.json"
 THUMB_SIDE = 256
-PAGE_SIZE = 50
+PAGE_SIZE = 50  # clusters a page at most...
+PAGE_IMAGES = 400  # ...and images a page at most (unless one cluster is bigger)
 MIN_FOR_POOL = 16
 _THUMB_NAME = re.compile(r"^[0-9a-f]{20}_\d+_\d+\.jpg$")
 # pictures a run may leave in OUT, shown in the header when present
@@ -284,6 +285,7 @@ def build_report(out_dir: Path, manifest: dict | None = None, *, workers: int = 
         outliers.append([o["path"], thumb, w, h, ow, oh, size, href, reason])
     skipped = [[s.get("path"), s.get("reason")] for s in manifest.get("skipped", [])]
     data = {"created": manifest.get("created"), "input": _fmt(manifest.get("input")), "pageSize": PAGE_SIZE,
+            "pageImages": PAGE_IMAGES,
             "clusters": clusters, "outliers": outliers, "skipped": skipped}
 
     plots = [p for p in PLOTS if (out / p).is_file()]
