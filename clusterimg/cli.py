@@ -355,3 +355,80 @@ def methods_command():
         for opt in cls.options:
             click.echo(f"{'':8s} {opt.flag} (default {opt.default}): {opt.help}")
         click.echo()
+
+
+# -- report, dedupe, undo (self-contained block) -------------------------------------
+
+
+@main.command("report")
+@click.argument("out", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--workers", "-j", type=click.IntRange(min=1), default=None,
+              help="Processes for making thumbnails. [default: CPU count]")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
+@friendly_errors
+def report_command(out, workers, quiet):
+    """Write OUT/report.html: every cluster with thumbnails, outliers and
+    skipped files, pages, a path filter, and keep/remove ticks that download
+    as a decisions file for `clusterimg dedupe --decisions`."""
+    import time
+
+    from clusterimg.report import build_report
+
+    started = time.perf_counter()
+    page = build_report(out, workers=workers or os.cpu_count() or 1, bars=tqdm_bars(show_progress(quiet)))
+    if not quiet:
+        click.echo(f"Report written to {page} in {time.perf_counter() - started:.1f} s "
+                   f"(open it in a browser; thumbnails in {out / 'thumbnails'})")
+
+
+@main.command("dedupe")
+@click.argument("out", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--keep", type=click.Choice(["best", "largest", "oldest", "newest", "representative"]),
+              default="best", show_default=True,
+              help="Which image of each cluster stays. best: most pixels, then largest file, then oldest, "
+                   "then first path; largest: largest file; oldest/newest: by modification time; "
+                   "representative: the cluster's representative.")
+@click.option("--decisions", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="A decisions file downloaded from report.html (overrides --keep).")
+@click.option("--trash", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Where the other images are moved, under their relative paths. [default: OUT/duplicates]")
+@click.option("--dry-run", is_flag=True, help="Print what would be kept and moved; touch nothing.")
+@click.option("--input", "on_input", is_flag=True,
+              help="Act on the input folder instead of the output tree (the default for --transfer none runs).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
+@friendly_errors
+def dedupe_command(out, keep, decisions, trash, dry_run, on_input, quiet):
+    """Keep one image of each cluster of OUT and move the others to a trash
+    folder: never deleted, never overwritten, resumable after a crash (run it
+    again), and undone by `clusterimg undo OUT`."""
+    from clusterimg.dedupe import load_decisions, run_dedupe
+
+    say = (lambda msg: None) if quiet else click.echo
+    decided = load_decisions(decisions) if decisions is not None else None
+    plan = run_dedupe(out, keep=keep, decisions=decided, target="input" if on_input else None, trash=trash,
+                      dry_run=dry_run, bars=tqdm_bars(show_progress(quiet)), say=say)
+    for warning in plan.warnings:
+        click.echo(f"Warning: {warning}", err=True)
+    size = f"{plan.bytes / 1e6:.1f} MB"
+    if dry_run:
+        for line in plan.lines(out):
+            click.echo(line)
+        click.echo(f"Dry run: {len(plan.moves)} files ({size}) would be moved to {plan.trash}, "
+                   f"{len(plan.kept)} kept; nothing was touched.")
+    elif not quiet:
+        click.echo(f"{len(plan.moves)} files ({size}) moved to {plan.trash}, {len(plan.kept)} kept "
+                   f"({plan.target} files). Undo: clusterimg undo {out}")
+
+
+@main.command("undo")
+@click.argument("out", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
+@friendly_errors
+def undo_command(out, quiet):
+    """Put every file the last `clusterimg dedupe OUT` moved back where it was
+    (also after an interrupted dedupe)."""
+    from clusterimg.dedupe import undo
+
+    restored = undo(out, bars=tqdm_bars(show_progress(quiet)))
+    if not quiet:
+        click.echo(f"{restored} files put back where they were.")

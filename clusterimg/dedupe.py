@@ -1,0 +1,449 @@
+"""Keep the best image of each cluster and put the others away, with undo.
+
+Nothing is ever deleted or overwritten. The images not kept are *moved* into a
+trash folder (default ``OUT/duplicates/``) under their relative paths. Before
+the first move the whole plan goes to the journal ``OUT/.clusterimg-dedupe.json``
+(every source, its destination, size and modification time); each move is an
+idempotent step (the output transfer's ``move``), so a dedupe stopped at any
+point (Ctrl-C, a crash, SIGKILL) is finished by running it again, and
+:func:`undo` puts every file back where it was, also after an interrupted
+dedupe, then retires the journal.
+
+Which image a cluster keeps (``keep``):
+
+- ``best`` (default): most pixels, then the largest file, then the oldest
+  modification time, then the first path;
+- ``largest``: the largest file (bytes), then most pixels, then the first path;
+- ``oldest`` / ``newest``: by modification time, then the first path;
+- ``representative``: the manifest's representative;
+- or a decisions file downloaded from the HTML report: its ``remove`` paths are
+  moved, everything else stays.
+
+The manifest records no file sizes or times (when it does, as ``size`` and
+``mtime_ns`` on a member, they are checked against the files: any difference is
+refused). So a dedupe checks what it can: every member of every cluster it acts
+on must exist, and the size and modification time of every file are recorded in
+the journal when the plan is made; a file that differs from that record when a
+move (or a resumed move) is about to happen stops the run before it is touched.
+"""
+from __future__ import annotations
+
+import filecmp
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable
+
+from clusterimg.errors import ClusterimgError
+from clusterimg.output import MANIFEST, unique_name, write_json_atomic, transfer_file
+from clusterimg.progress import no_bar
+
+JOURNAL = ".clusterimg-dedupe.json"
+TRASH = "duplicates"
+KEEP_RULES = ("best", "largest", "oldest", "newest", "representative")
+DECISIONS_FORMAT = "clusterimg-decisions"
+
+
+@dataclass
+class Facts:
+    """What the keep rules look at, for one member."""
+
+    path: str  # manifest path (relative to the input)
+    file: str  # absolute path of the file acted on
+    size: int
+    mtime_ns: int
+    pixels: int
+
+
+@dataclass
+class Move:
+    cluster: str
+    path: str  # manifest path
+    src: str  # absolute
+    dst: str  # absolute, inside the trash
+    size: int
+    mtime_ns: int
+
+
+@dataclass
+class DedupePlan:
+    target: str  # "output" or "input"
+    trash: str  # absolute
+    keep: str  # the rule, or "decisions"
+    moves: list[Move]
+    kept: list[tuple[str, str]]  # (cluster id, manifest path)
+    warnings: list[str] = field(default_factory=list)
+    resumed: bool = False
+
+    @property
+    def bytes(self) -> int:
+        return sum(m.size for m in self.moves)
+
+    def lines(self, out_dir: Path) -> list[str]:
+        """The plan, one line per file, for ``--dry-run``."""
+        moving = {(m.cluster, m.path): m for m in self.moves}
+        rows = []
+        for cid, path in self.kept:
+            rows.append((cid, path, f"keep  {cid}  {path}"))
+        for m in self.moves:
+            rows.append((m.cluster, m.path, f"move  {m.cluster}  {m.path} -> {_show(Path(m.dst), out_dir)}"))
+        rows.sort(key=lambda r: (r[0], (r[0], r[1]) in moving, r[1]))
+        return [r[2] for r in rows]
+
+
+def _show(path: Path, base: Path) -> str:
+    try:
+        return str(path.relative_to(base.resolve()))
+    except ValueError:
+        return str(path)
+
+
+# -- the manifest and its files -----------------------------------------------
+
+
+def load_manifest(out_dir: Path) -> dict[str, Any]:
+    path = Path(out_dir) / MANIFEST
+    if not path.is_file():
+        raise ClusterimgError(f"{out_dir} is not a clusterimg output folder (no {MANIFEST})", exit_code=2)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ClusterimgError(f"cannot read {path}: {e}", exit_code=2)
+
+
+def input_root(manifest: dict[str, Any], out_dir: Path) -> Path | None:
+    """The input folder of a single-input manifest: ``input_abs`` when the
+    manifest has it, else ``input`` as given, tried against the current folder
+    and the output folder's parent."""
+    if manifest.get("input_abs"):
+        return Path(manifest["input_abs"])
+    given = manifest.get("input")
+    if not isinstance(given, str) or not given:
+        return None
+    p = Path(given)
+    if p.is_absolute():
+        return p
+    out_parent = Path(out_dir).resolve().parent
+    for candidate in (Path.cwd() / p, out_parent / p, out_parent / p.name):
+        if candidate.is_dir():
+            return candidate.resolve()
+    return None
+
+
+def input_file(manifest: dict[str, Any], out_dir: Path, rel: str) -> Path | None:
+    """The input file behind a manifest path (``roots`` manifests: the first
+    path component is the root's label)."""
+    roots = manifest.get("roots")
+    if isinstance(roots, dict) and roots:
+        label, _, rest = rel.partition("/")
+        return Path(roots[label]) / rest if label in roots else None
+    root = input_root(manifest, out_dir)
+    return root / rel if root is not None else None
+
+
+def pixel_count(path: Path) -> int:
+    """Width x height from the file's header (0 if it cannot be read)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return int(im.size[0]) * int(im.size[1])
+    except Exception:
+        return 0
+
+
+def choose(facts: list[Facts], rule: str, representative: str | None = None) -> str:
+    """The manifest path of the member kept by ``rule``."""
+    if rule == "representative":
+        if representative is None or representative not in {f.path for f in facts}:
+            raise ValueError("cluster has no representative among its members")
+        return representative
+    keys: dict[str, Callable[[Facts], tuple]] = {
+        "best": lambda f: (-f.pixels, -f.size, f.mtime_ns, f.path),
+        "largest": lambda f: (-f.size, -f.pixels, f.path),
+        "oldest": lambda f: (f.mtime_ns, f.path),
+        "newest": lambda f: (-f.mtime_ns, f.path),
+    }
+    if rule not in keys:
+        raise ValueError(f"unknown keep rule {rule!r} (one of {', '.join(KEEP_RULES)})")
+    return min(facts, key=keys[rule]).path
+
+
+def load_decisions(path: Path) -> dict[str, Any]:
+    """A decisions file from the report: ``{"format": "clusterimg-decisions",
+    "version": 1, "manifest_created": ..., "keep": [paths], "remove": [paths]}``."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ClusterimgError(f"cannot read the decisions file {path}: {e}", exit_code=2)
+    if (not isinstance(data, dict) or data.get("format") != DECISIONS_FORMAT
+            or not isinstance(data.get("remove", []), list) or not isinstance(data.get("keep", []), list)):
+        raise ClusterimgError(f"{path} is not a clusterimg decisions file (download it from report.html)",
+                              exit_code=2)
+    return data
+
+
+def default_target(manifest: dict[str, Any]) -> str:
+    return "input" if manifest.get("transfer", "none") == "none" else "output"
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    import stat as stat_mod
+
+    return st if stat_mod.S_ISREG(st.st_mode) else None
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.relative_to(folder)
+        return True
+    except ValueError:
+        return False
+
+
+def _check_trash(trash: Path, out_dir: Path, target: str, manifest: dict[str, Any], root: Path | None) -> None:
+    out = out_dir.resolve()
+    if trash.exists() and not trash.is_dir():
+        raise ClusterimgError(f"trash path exists and is not a folder: {trash}", exit_code=2)
+    if _inside(out, trash):
+        raise ClusterimgError(f"the trash folder {trash} contains the output folder; choose another --trash",
+                              exit_code=2)
+    tops = {PurePosixPath(e["output"]).parts[0] for c in manifest.get("clusters", []) for e in c["members"]
+            if e.get("output")}
+    tops |= {PurePosixPath(e["output"]).parts[0] for e in manifest.get("outliers", []) if e.get("output")}
+    for top in tops:
+        if _inside(trash, out / top):
+            raise ClusterimgError(f"the trash folder {trash} is inside the output's {top}/ folder; choose another "
+                                  "--trash", exit_code=2)
+    roots = [Path(p).resolve() for p in (manifest.get("roots") or {}).values()] or ([root.resolve()] if root else [])
+    for r in roots:
+        if _inside(r, trash):
+            raise ClusterimgError(f"the trash folder {trash} contains the input folder {r}; choose another --trash",
+                                  exit_code=2)
+        if _inside(trash, r) and not _inside(trash, out):
+            raise ClusterimgError(f"the trash folder {trash} is inside the input folder {r} (a later run would read "
+                                  "it again); choose another --trash", exit_code=2)
+
+
+# -- planning ---------------------------------------------------------------------
+
+
+def plan_dedupe(manifest: dict[str, Any], out_dir: Path, keep: str = "best", decisions: dict | None = None,
+                target: str | None = None, trash: Path | None = None) -> DedupePlan:
+    """What a dedupe would do; touches nothing. Refuses (ClusterimgError, exit
+    status 2) when a file it would act on is missing or changed, or the trash
+    folder is somewhere odd."""
+    out_dir = Path(out_dir)
+    target = target or default_target(manifest)
+    if target not in ("output", "input"):
+        raise ValueError(f"target must be 'output' or 'input', not {target!r}")
+    if keep not in KEEP_RULES:
+        raise ClusterimgError(f"unknown keep rule {keep!r} (one of {', '.join(KEEP_RULES)})", exit_code=2)
+    if target == "output":
+        if manifest.get("transfer", "none") == "none":
+            raise ClusterimgError("this run wrote no files (--transfer none): dedupe the input folder (--input)",
+                                  exit_code=2)
+        if manifest.get("transfer") == "symlink":
+            raise ClusterimgError("the output tree holds symbolic links: dedupe the input folder (--input)",
+                                  exit_code=2)
+    root = input_root(manifest, out_dir) if not manifest.get("roots") else None
+    if target == "input" and root is None and not manifest.get("roots"):
+        raise ClusterimgError(f"cannot find the input folder {manifest.get('input')!r} of this run", exit_code=2)
+    trash = (Path(trash) if trash is not None else out_dir / TRASH).resolve()
+    _check_trash(trash, out_dir, target, manifest, root)
+
+    remove: set[str] | None = None
+    warnings: list[str] = []
+    if decisions is not None:
+        made_for = decisions.get("manifest_created")
+        if made_for and manifest.get("created") and made_for != manifest.get("created"):
+            raise ClusterimgError(f"the decisions file was made for another run (created {made_for}; this output's "
+                                  f"run: {manifest.get('created')})", exit_code=2)
+        members = {m["path"] for c in manifest.get("clusters", []) for m in c["members"]}
+        remove = {p for p in decisions.get("remove", []) if isinstance(p, str)}
+        stray = sorted(remove - members)
+        if stray:
+            warnings.append(f"{len(stray)} path(s) of the decisions file are no cluster member and stay where they "
+                            f"are (first: {stray[0]})")
+        remove &= members
+
+    moves: list[Move] = []
+    kept: list[tuple[str, str]] = []
+    taken: dict[Path, set[str]] = {}
+    for cluster in manifest.get("clusters", []):
+        cid = cluster["id"]
+        members = cluster["members"]
+        if remove is not None and not any(m["path"] in remove for m in members):
+            kept.extend((cid, m["path"]) for m in members)
+            continue
+        facts = []
+        for m in members:
+            if target == "output":
+                if not m.get("output"):
+                    raise ClusterimgError(f"{m['path']} has no output file in the manifest", exit_code=2)
+                file = out_dir / m["output"]
+                rel = m["output"]
+            else:
+                file = input_file(manifest, out_dir, m["path"])
+                rel = m["path"]
+            st = _stat(file) if file is not None else None
+            if st is None:
+                raise ClusterimgError(f"{file or m['path']} is missing or not a file: it changed since the run; "
+                                      "nothing was moved", exit_code=2)
+            want_size, want_mtime = m.get("size"), m.get("mtime_ns")
+            if (want_size is not None and want_size != st.st_size) or (
+                    want_mtime is not None and want_mtime != st.st_mtime_ns):
+                raise ClusterimgError(f"{file} changed since the run (size or modification time); nothing was moved",
+                                      exit_code=2)
+            facts.append((Facts(m["path"], str(file.resolve()), st.st_size, st.st_mtime_ns,
+                                pixel_count(file) if keep in ("best", "largest") and remove is None else 0), rel))
+        if remove is not None:
+            chosen = {f.path for f, _ in facts if f.path not in remove}
+            if not chosen:
+                warnings.append(f"{cid}: the decisions remove every member; all go to the trash")
+        else:
+            chosen = {choose([f for f, _ in facts], keep, cluster.get("representative"))}
+        for f, rel in facts:
+            if f.path in chosen:
+                kept.append((cid, f.path))
+                continue
+            dst_dir = trash / PurePosixPath(rel).parent
+            if dst_dir not in taken:
+                taken[dst_dir] = {p.name.casefold() for p in dst_dir.iterdir()} if dst_dir.is_dir() else set()
+            name = unique_name(PurePosixPath(rel).name, taken[dst_dir])
+            moves.append(Move(cid, f.path, f.file, str(dst_dir / name), f.size, f.mtime_ns))
+    srcs = [m.src for m in moves]
+    if len(set(srcs)) != len(srcs):
+        raise ClusterimgError("the manifest names one file twice; refusing to dedupe it", exit_code=2)
+    return DedupePlan(target, str(trash), "decisions" if remove is not None else keep, moves, kept, warnings)
+
+
+# -- carrying it out ----------------------------------------------------------------
+
+
+def journal_path(out_dir: Path) -> Path:
+    return Path(out_dir) / JOURNAL
+
+
+def read_journal(out_dir: Path) -> dict[str, Any] | None:
+    path = journal_path(out_dir)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ClusterimgError(f"cannot read the dedupe journal {path}: {e}")
+
+
+def _plan_from_journal(job: dict[str, Any]) -> DedupePlan:
+    return DedupePlan(job["target"], job["trash"], job["keep"], [Move(**m) for m in job["moves"]],
+                      [tuple(k) for k in job["kept"]], resumed=True)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b) or filecmp.cmp(a, b, shallow=False)
+    except OSError:
+        return False
+
+
+def _step(src: Path, dst: Path, expect: tuple[int, int] | None) -> None:
+    """Move ``src`` to ``dst`` (idempotent). When both names exist the step is
+    finished only if they are the same file or identical bytes; a source that
+    no longer matches ``expect`` (size, mtime_ns) is refused untouched."""
+    src_there, dst_there = os.path.lexists(src), os.path.lexists(dst)
+    if src_there and dst_there and not _same_file(src, dst):
+        raise ClusterimgError(f"both {src} and {dst} exist and differ; nothing was overwritten, resolve by hand")
+    if src_there and not dst_there and expect is not None:
+        st = _stat(src)
+        if st is None or (st.st_size, st.st_mtime_ns) != expect:
+            raise ClusterimgError(f"{src} changed since the dedupe was planned (size or modification time); "
+                                  "it was not moved", exit_code=2)
+    try:
+        transfer_file(src, dst, "move")
+    except OSError as e:
+        raise ClusterimgError(f"cannot move {src} to {dst}: {e.strerror or e}")
+
+
+def run_dedupe(out_dir: Path, manifest: dict[str, Any] | None = None, *, keep: str = "best",
+               decisions: dict | None = None, target: str | None = None, trash: Path | None = None,
+               dry_run: bool = False, bars=no_bar, say: Callable[[str], None] = lambda msg: None) -> DedupePlan:
+    """Plan and carry out a dedupe of ``out_dir`` (or finish an interrupted one,
+    whose journal then decides, not these options). Returns the plan."""
+    out_dir = Path(out_dir)
+    job = read_journal(out_dir)
+    if job is not None:
+        state = job.get("state")
+        if state == "undoing":
+            raise ClusterimgError(f"an undo was interrupted in {out_dir}: run `clusterimg undo {out_dir}` to finish "
+                                  "it first", exit_code=2)
+        if state == "done":
+            raise ClusterimgError(f"{out_dir} was already deduplicated ({len(job['moves'])} files in {job['trash']}); "
+                                  f"run `clusterimg undo {out_dir}` first to start over", exit_code=2)
+        plan = _plan_from_journal(job)
+        say(f"Finishing the interrupted dedupe recorded in {journal_path(out_dir)}; its plan is used, not this "
+            "command's options.")
+        if dry_run:
+            return plan
+    else:
+        if manifest is None:
+            manifest = load_manifest(out_dir)
+        plan = plan_dedupe(manifest, out_dir, keep=keep, decisions=decisions, target=target, trash=trash)
+        if dry_run or not plan.moves:
+            return plan
+        job = {"format": "clusterimg-dedupe-journal", "version": 1, "state": "pending",
+               "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+               "manifest_created": manifest.get("created"), "target": plan.target, "trash": plan.trash,
+               "keep": plan.keep, "moves": [asdict(m) for m in plan.moves], "kept": [list(k) for k in plan.kept]}
+        write_json_atomic(journal_path(out_dir), job)
+    with bars("dedupe")(len(plan.moves)) as shown:
+        for m in plan.moves:
+            _step(Path(m.src), Path(m.dst), (m.size, m.mtime_ns))
+            shown.update(1)
+    write_json_atomic(journal_path(out_dir), dict(job, state="done"))
+    return plan
+
+
+def undo(out_dir: Path, *, bars=no_bar) -> int:
+    """Put every file of the last dedupe (complete or interrupted) back where
+    it was, then retire the journal. Returns the number of files restored.
+    Refuses, before moving anything, when a file has since appeared at a
+    place a file must return to."""
+    out_dir = Path(out_dir)
+    job = read_journal(out_dir)
+    if job is None:
+        raise ClusterimgError(f"nothing to undo: {out_dir} has no dedupe journal ({JOURNAL})", exit_code=2)
+    moves = [Move(**m) for m in job["moves"]]
+    for m in moves:
+        src, dst = Path(m.src), Path(m.dst)
+        if os.path.lexists(src) and os.path.lexists(dst) and not _same_file(src, dst):
+            raise ClusterimgError(f"cannot undo: {src} exists again and differs from {dst}; nothing was moved",
+                                  exit_code=2)
+        if not os.path.lexists(src) and not os.path.lexists(dst):
+            raise ClusterimgError(f"cannot undo: {m.path} is neither at {src} nor at {dst}; nothing was moved")
+    if job.get("state") != "undoing":
+        write_json_atomic(journal_path(out_dir), dict(job, state="undoing"))
+    restored = 0
+    with bars("undo")(len(moves)) as shown:
+        for m in reversed(moves):
+            src, dst = Path(m.src), Path(m.dst)
+            if os.path.lexists(dst):
+                _step(dst, src, None)
+                restored += 1
+            shown.update(1)
+    trash = Path(job["trash"])
+    for folder in sorted({Path(m.dst).parent for m in moves}, key=lambda p: -len(p.parts)):
+        while folder != trash.parent and _inside(folder, trash):
+            try:
+                folder.rmdir()  # only empty folders, only ours
+            except OSError:
+                break
+            folder = folder.parent
+    journal_path(out_dir).unlink()
+    return restored
