@@ -5,6 +5,7 @@ import csv
 import functools
 import io
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -146,12 +147,14 @@ def main():
               help="Print the manifest on stdout as JSON, or as CSV (path, cluster, representative, score, "
                    "exact); the summary goes to stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
+@click.option("--report", "with_report", is_flag=True,
+              help="Also write OUT/report.html (see `clusterimg report`).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars and no summary.")
 @cache_options
 @model_options
 @friendly_errors
 def run(folders, method, cluster, threshold, out, transfer, overwrite, batch_size, recursive, workers, exhaustive,
-        out_format, as_json, quiet, cache_dir, no_cache, **options):
+        out_format, as_json, with_report, quiet, cache_dir, no_cache, **options):
     """Cluster the images in FOLDERS (one or more folders, clustered together)
     and write the clusters to an output folder.
 
@@ -161,7 +164,7 @@ def run(folders, method, cluster, threshold, out, transfer, overwrite, batch_siz
     check_options(method, cluster, options)
     out_format = out_format or ("json" if as_json else None)
     # A pipe (`--transfer none --json | jq`) writes nothing, so it can run again.
-    to_disk = not (transfer == "none" and out_format and out is None)
+    to_disk = not (transfer == "none" and out_format and out is None) or with_report
     if out is None:
         if len(folders) > 1:
             raise click.UsageError("several input folders need --out")
@@ -193,6 +196,11 @@ def run(folders, method, cluster, threshold, out, transfer, overwrite, batch_siz
         manifest = result.manifest(transfer)
         if to_disk:
             write_output(out, manifest, bars(transfer), warn)
+    if with_report:
+        from clusterimg.report import build_report
+
+        page = build_report(out, manifest, workers=workers or os.cpu_count() or 1, bars=bars)
+        say(f"Report written to {page}")
     if out_format == "json":
         click.echo(json.dumps(manifest, indent=1, ensure_ascii=False, allow_nan=False))
     elif out_format == "csv":

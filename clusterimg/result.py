@@ -103,3 +103,15 @@ class Result:
         manifest = self.manifest(transfer)
         write_output(out, manifest, (progress or no_bar)(transfer), warn or (lambda msg: None))
         return manifest
+
+    def report(self, out: str | Path, *, workers: int = 1, progress=None) -> Path:
+        """Write ``out/report.html`` (thumbnails, pages, filter, keep/remove
+        ticks); writes the manifest first (``transfer="none"``) when ``out``
+        has none yet. Returns the page's path."""
+        from clusterimg.output import MANIFEST
+        from clusterimg.progress import no_bar
+        from clusterimg.report import build_report
+
+        out = Path(out)
+        manifest = None if (out / MANIFEST).is_file() else self.write(out, transfer="none")
+        return build_report(out, manifest, workers=workers, bars=progress or no_bar)

@@ -184,3 +184,15 @@ def test_readme_python_examples_run(tmp_path):
         done = run_python(["-"], tmp_path, stdin=code)
         assert done.returncode == 0, done.stderr
         assert done.stdout.splitlines() == shown
+
+
+def test_report_from_the_api_and_from_run(photo_folder, tmp_path):
+    result = clusterimg.cluster(photo_folder, cache=False)
+    page = result.report(tmp_path / "rep")
+    html = page.read_text()
+    assert page.name == "report.html" and (tmp_path / "rep" / "clusters.json").is_file()
+    assert "b/two_q30.jpg" in html and len(list((tmp_path / "rep" / "thumbnails").glob("*.jpg"))) == 11
+    done = CliRunner().invoke(main, ["run", str(photo_folder), "--out", str(tmp_path / "run"), "--report",
+                                     "--transfer", "none", "--no-cache"])
+    assert done.exit_code == 0, done.output
+    assert "Report written to" in done.output and (tmp_path / "run" / "report.html").is_file()
