@@ -317,7 +317,7 @@ def threshold_command(ctx, folder, method, sample_size, seed, recursive, workers
                              bars=tqdm_bars(show_progress(quiet)))
     n = len(sample.paths)
     rows = th.ladder_rows(n, sample.total, sample.i, sample.j, sample.s)
-    suggestion = th.suggest(rows, n)
+    suggestion = th.suggest(rows, n, default=backend.default_threshold)
     for line in th.table_lines(rows, n, sample.total, suggestion, chart=interactive):
         click.echo(line)
     if suggestion is None:
@@ -327,17 +327,14 @@ def threshold_command(ctx, folder, method, sample_size, seed, recursive, workers
         click.echo(f"Suggested threshold: {suggestion.threshold:.2f}: {suggestion.reason}.")
     default = suggestion.threshold if suggestion is not None else backend.default_threshold
     chosen = default
+    above, below = th.borderline_pairs(sample, chosen, examples)
+    show_pairs(folder, chosen, above, below)  # what the choice decides, before asking
     if interactive:
         chosen = click.prompt("Threshold (Enter takes the suggestion)", type=ThresholdType(),
                               default=f"{default:.2f}", show_default=True)
-    if examples:
-        above, below = th.borderline_pairs(sample, chosen, examples)
-        click.echo(f"Pairs of the sample just above {chosen:g} (joined):")
-        for pair in above:
-            click.echo(f"  {pair.score:.3f}  {pair.a}  ~  {pair.b}")
-        click.echo(f"Pairs of the sample just below {chosen:g} (not joined):")
-        for pair in below:
-            click.echo(f"  {pair.score:.3f}  {pair.a}  ~  {pair.b}")
+        if chosen != default:
+            above, below = th.borderline_pairs(sample, chosen, examples)
+            show_pairs(folder, chosen, above, below)
     if plot is not None:
         th.plot_curve(plot, rows, sample.total, suggestion, chosen)
         strip = plot.with_name(f"{plot.stem}-pairs.png")
@@ -352,6 +349,18 @@ def threshold_command(ctx, folder, method, sample_size, seed, recursive, workers
                    exhaustive=exhaustive, quiet=quiet, cache_dir=cache_dir, no_cache=no_cache, **options)
     else:
         click.echo(command)
+
+
+def show_pairs(folder: Path, threshold: float, above, below) -> None:
+    """The sample's pairs just above and just below a threshold, with their paths."""
+    if not above and not below:
+        return
+    click.echo(f"Pairs of the sample just above {threshold:g} (joined):")
+    for pair in above:
+        click.echo(f"  {pair.score:.3f}  {folder / pair.a}  ~  {folder / pair.b}")
+    click.echo(f"Pairs of the sample just below {threshold:g} (not joined):")
+    for pair in below:
+        click.echo(f"  {pair.score:.3f}  {folder / pair.a}  ~  {folder / pair.b}")
 
 
 @main.command("methods")

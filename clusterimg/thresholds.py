@@ -123,7 +123,13 @@ def stable_runs(rows: Sequence[Row]) -> list[list[Row]]:
     return runs
 
 
-def suggest(rows: Sequence[Row], n_sample: int) -> Suggestion | None:
+def clear_level(default: float) -> float:
+    """A score that only real near-duplicates reach: halfway between the
+    backend's calibrated threshold and 1."""
+    return default + (1.0 - default) / 2
+
+
+def suggest(rows: Sequence[Row], n_sample: int, default: float | None = None) -> Suggestion | None:
     """The bottom of the widest stable run, or None without any pair.
 
     Why: lowering the threshold first completes the near-duplicate groups
@@ -133,7 +139,25 @@ def suggest(rows: Sequence[Row], n_sample: int) -> Suggestion | None:
     gathers the most near-duplicates before that chaining begins. The band is
     measured on the sample; a bigger folder chains a little sooner, which is
     why the band's bottom and not a point below it is suggested.
+
+    With the backend's calibrated ``default``: a sample with no pair at the
+    clear level (:func:`clear_level`) holds no clear duplicates, and its
+    "stable band" is only unrelated images chaining slowly; then the
+    suggestion is a safe one, above every pair of the sample and never below
+    the default.
     """
+    if default is not None:
+        clear = clear_level(default)
+        at_clear = [r for r in rows if r.threshold >= clear - 1e-9]
+        if at_clear and at_clear[-1].pairs == 0:
+            scored = [r.threshold for r in rows if r.pairs > 0]
+            top = max(scored, default=0.0)
+            safe = round(min(0.99, max(default, top + 0.01)), 2)
+            reason = (f"no pair of the {n_sample} sampled images scores {clear:.2f} or more, so the sample "
+                      "holds no clear duplicates; ")
+            reason += (f"{safe:.2f} lies above every pair of the sample ({top:.2f} and below) and not below the "
+                       f"method's calibrated {default:.2f}" if scored else f"the method's calibrated {default:.2f}")
+            return Suggestion(safe, reason)
     exploded = exploded_size(n_sample)
     runs = [r for r in stable_runs(rows) if r[0].largest <= exploded]
     if not runs:
@@ -318,8 +342,8 @@ def plot_curve(path: Path, rows: Sequence[Row], total: int, suggestion: Suggesti
 
 
 def contact_strip(path: Path, root: Path, above: Sequence[Pair], below: Sequence[Pair], side: int = 128) -> None:
-    """One line per borderline pair: two thumbnails and the score, pairs just
-    above the threshold first (Pillow only)."""
+    """One line per borderline pair: two thumbnails with their names under
+    them and the score, pairs just above the threshold first (Pillow only)."""
     from PIL import Image, ImageDraw
 
     from clusterimg.images import load_image
@@ -327,17 +351,20 @@ def contact_strip(path: Path, root: Path, above: Sequence[Pair], below: Sequence
     pairs = [(p, True) for p in above] + [(p, False) for p in below]
     if not pairs:
         return
-    label_w = 150
-    sheet = Image.new("RGB", (2 * side + label_w + 12, len(pairs) * (side + 6)), "white")
+    label_w, name_h = 150, 14
+    sheet = Image.new("RGB", (2 * side + label_w + 12, len(pairs) * (side + name_h + 8)), "white")
     draw = ImageDraw.Draw(sheet)
     for row, (pair, joined) in enumerate(pairs):
-        y = row * (side + 6) + 3
+        y = row * (side + name_h + 8) + 3
         for col, rel in enumerate((pair.a, pair.b)):
             try:
                 thumb = Image.fromarray(load_image(root / rel, max_side=side))
                 sheet.paste(thumb, (4 + col * (side + 4), y))
             except Exception:  # an unreadable file shows as an empty square
                 pass
+            name = Path(rel).name
+            draw.text((4 + col * (side + 4), y + side + 2), name if len(name) <= 22 else name[:10] + "…" + name[-10:],
+                      fill="black")
         draw.text((2 * side + 16, y + side // 2 - 10),
                   f"{pair.score:.3f}\n{'joined' if joined else 'not joined'}", fill="black")
     try:

@@ -124,3 +124,25 @@ def test_default_output_of_dot_goes_beside_the_folder(photo_folder, monkeypatch)
     assert result.exit_code == 0, result.output
     assert (photo_folder.parent / "photos_clustered" / "clusters.json").is_file()
     assert not (Path(".") / "photos_clustered").exists()
+
+
+def test_threshold_on_unrelated_photos_suggests_a_safe_threshold(tmp_path):
+    folder = tmp_path / "unrelated"
+    for k in range(30):
+        write_photo(folder / f"p{k:02d}.jpg", make_photo(300 + k, size=(160, 120)), quality=90)
+    result = run_cli("threshold", folder, "--no-input", "--no-cache")
+    assert result.exit_code == 0, result.output
+    assert "holds no clear duplicates" in result.output
+    suggested = float(result.output.split("Suggested threshold: ")[1].split(":")[0])
+    assert suggested >= 0.8  # never below phash's calibrated default
+    clustered = clusterimg.cluster(folder, threshold=suggested, cache=False)
+    assert clustered.clusters == []  # the suggestion joins no unrelated photos
+
+
+def test_threshold_shows_the_borderline_pairs_with_paths_before_asking(photo_folder):
+    result = CliRunner().invoke(main, ["threshold", str(photo_folder), "--input", "--no-cache"], input="\n")
+    assert result.exit_code == 0, result.output
+    shown = result.output.index("Pairs of the sample just above")
+    asked = result.output.index("Threshold (Enter takes the suggestion)")
+    assert shown < asked
+    assert f"{photo_folder}/" in result.output[shown:asked]  # full paths, not bare names
