@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
 from clusterimg.cache import Cache, open_cache
 from clusterimg.clustering import available_clusterers, get_clusterer
 from clusterimg.clustering.base import Clusterer, Groups
@@ -84,11 +86,20 @@ def configure(method: str = DEFAULT_METHOD, cluster: str | None = None, **option
 # -- inputs ---------------------------------------------------------------------------
 
 
-def resolve_inputs(inputs) -> list[Root]:
+def resolve_inputs(inputs, reference: Sequence[str | os.PathLike] = ()) -> list[Root]:
     """The input folders as roots; ClusterimgError (exit 2) for a missing,
     unreadable or mixed input. A list of image files becomes one root (their
-    common folder) restricted to those files."""
+    common folder) restricted to those files. ``reference`` folders are
+    added as roots marked as references."""
     items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    if reference:
+        roots = resolve_inputs([*items, *reference])
+        if any(r.files is not None for r in roots):
+            raise ClusterimgError("--reference goes with input folders, not files", exit_code=2)
+        marked = {Path(p).resolve() for p in reference}
+        for root in roots:
+            root.reference = root.path in marked
+        return roots
     if not items:
         raise ClusterimgError("no input given", exit_code=2)
     paths = [Path(p) for p in items]
@@ -209,6 +220,7 @@ def cluster(
     exclude: str | os.PathLike | None = None,
     progress=None,
     keep_features: bool = False,
+    reference: Sequence[str | os.PathLike] = (),
     **options,
 ) -> Result:
     """Cluster the images of ``inputs`` and return a :class:`Result`.
@@ -225,7 +237,9 @@ def cluster(
     leave out. ``progress``: True for progress bars on stderr, or a bar
     factory (see :mod:`clusterimg.progress`). ``keep_features``: keep each
     image's feature in ``result.features`` (path -> feature), e.g. to fit a
-    model that assigns new images later.
+    model that assigns new images later. ``reference``: folders clustered
+    with the inputs whose images are preferred as representatives and are
+    never moved (a move copies them) or deduplicated.
 
     >>> import clusterimg
     >>> result = clusterimg.cluster("examples", method="phash", cache=False)
@@ -242,7 +256,7 @@ def cluster(
         raise ClusterimgError(f"threshold must be a number between 0 and 1, not {threshold}", exit_code=2)
     if batch_size is None or batch_size < 0:
         raise ClusterimgError("batch_size must be 0 (one batch) or more", exit_code=2)
-    roots = resolve_inputs(inputs)
+    roots = resolve_inputs(inputs, reference)
     bars = bars_for(progress)
     started = time.perf_counter()
     paths, skipped = find_images(roots, recursive=recursive, exclude=Path(exclude) if exclude else None)
@@ -263,6 +277,10 @@ def cluster(
                                exhaustive=exhaustive, bars=bars)
         timings["cluster"] = time.perf_counter() - t
     clusters, outliers = name_groups(groups, images.paths)
+    if any(r.reference for r in roots):
+        is_ref = Result([], [], [], 0, roots=roots).is_reference
+        clusters = [prefer_reference(c, is_ref, backend, dict(zip(images.paths, images.features)))
+                    for c in clusters]
     copies = {}
     for k, first in twin_of.items():
         copies.setdefault(paths[first], []).append(paths[k])
@@ -298,6 +316,21 @@ def name_groups(groups: Groups, paths: Sequence[str]) -> tuple[list[Cluster], li
             scores={paths[k]: s for k, s in zip(g.members, g.scores)})
     ordered = [by_members[tuple(m)] for m in order_clusters(list(by_members))]
     return ordered, sorted(paths[k] for k in groups.outliers)
+
+
+def prefer_reference(c: Cluster, is_reference, backend: Method, feature_of: dict) -> Cluster:
+    """The cluster with a member of a reference folder as its representative
+    (the one most similar to the old representative), scores re-measured."""
+    refs = [m for m in c.members if is_reference(m)]
+    if not refs or is_reference(c.representative):
+        return c
+    rep = max(sorted(refs), key=lambda m: c.scores[m])  # ties: the first path
+    stacked = backend.stack([feature_of[m] for m in c.members])
+    k = c.members.index(rep)
+    others = np.arange(len(c.members))
+    scores = backend.score(stacked, np.full(len(others), k), others)
+    return Cluster(c.members, rep, {m: (1.0 if m == rep else round(float(x), 4))
+                                    for m, x in zip(c.members, scores)}, c.exact)
 
 
 def exact_copies(files: Sequence[str]) -> dict[int, int]:

@@ -147,6 +147,9 @@ def main():
               help="Print the manifest on stdout as JSON, or as CSV (path, cluster, representative, score, "
                    "exact); the summary goes to stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
+@click.option("--reference", type=click.Path(path_type=Path, file_okay=False), multiple=True,
+              help="A folder clustered with the inputs whose images are preferred as representatives and are "
+                   "never moved (a move copies them) or deduplicated. Repeatable.")
 @click.option("--report", "with_report", is_flag=True,
               help="Also write OUT/report.html (see `clusterimg report`).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars and no summary.")
@@ -154,7 +157,7 @@ def main():
 @model_options
 @friendly_errors
 def run(folders, method, cluster, threshold, out, transfer, overwrite, batch_size, recursive, workers, exhaustive,
-        out_format, as_json, with_report, quiet, cache_dir, no_cache, **options):
+        out_format, as_json, reference, with_report, quiet, cache_dir, no_cache, **options):
     """Cluster the images in FOLDERS (one or more folders, clustered together)
     and write the clusters to an output folder.
 
@@ -166,8 +169,8 @@ def run(folders, method, cluster, threshold, out, transfer, overwrite, batch_siz
     # A pipe (`--transfer none --json | jq`) writes nothing, so it can run again.
     to_disk = not (transfer == "none" and out_format and out is None) or with_report
     if out is None:
-        if len(folders) > 1:
-            raise click.UsageError("several input folders need --out")
+        if len(folders) > 1 or reference:
+            raise click.UsageError("several input folders (or --reference) need --out")
         out = folders[0].resolve().parent / f"{folders[0].resolve().name}_clustered"  # `run .` too
     bars = tqdm_bars(show_progress(quiet))
     say = (lambda msg: click.echo(msg, err=True)) if (out_format or quiet) else click.echo
@@ -180,7 +183,7 @@ def run(folders, method, cluster, threshold, out, transfer, overwrite, batch_siz
         manifest = finish_job(out, job, bars(job["transfer"]), warn)
         result = None
     else:
-        roots = api.resolve_inputs(folders)  # a bad input is refused before the output folder is touched
+        roots = api.resolve_inputs(folders, reference)  # a bad input is refused before the output is touched
         inside = any(_is_inside(out, root.path) for root in roots)
         if to_disk:
             if not no_cache and _is_inside(cache_dir or default_cache_dir(), out):
@@ -190,7 +193,7 @@ def run(folders, method, cluster, threshold, out, transfer, overwrite, batch_siz
         result = api.cluster(
             folders[0] if len(folders) == 1 else folders, method, threshold, cluster=cluster, batch_size=batch_size,
             recursive=recursive, workers=workers, exhaustive=exhaustive, cache=cache_arg(cache_dir, no_cache),
-            exclude=out if inside else None, progress=bars, **options)
+            exclude=out if inside else None, progress=bars, reference=reference, **options)
         if not no_cache and not quiet:
             say(cache_line(result))
         manifest = result.manifest(transfer)

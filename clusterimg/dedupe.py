@@ -303,10 +303,14 @@ def plan_dedupe(manifest: dict[str, Any], out_dir: Path, keep: str = "best", dec
                                       exit_code=2)
             facts.append((Facts(m["path"], str(file.resolve()), st.st_size, st.st_mtime_ns,
                                 pixel_count(file) if keep in ("best", "largest") and remove is None else 0), rel))
+        # files of a --reference folder are never moved; they are the ones kept
+        references = {m["path"] for m in members if m.get("reference")}
         if remove is not None:
-            chosen = {f.path for f, _ in facts if f.path not in remove}
+            chosen = {f.path for f, _ in facts if f.path not in remove} | references
             if not chosen:
                 warnings.append(f"{cid}: the decisions remove every member; all go to the trash")
+        elif references:
+            chosen = references
         else:
             chosen = {choose([f for f, _ in facts], keep, cluster.get("representative"))}
         for f, rel in facts:

@@ -64,7 +64,7 @@ def build_manifest(result: Result, *, transfer: str) -> dict[str, Any]:
             "representative": cluster.representative,
             "members": [
                 {"path": p, "output": outputs[p] if write else None, "score": cluster.scores[p],
-                 "exact": p in exact}
+                 "exact": p in exact, **({"reference": True} if result.is_reference(p) else {})}
                 for p in cluster.members
             ],
         })
@@ -83,7 +83,8 @@ def build_manifest(result: Result, *, transfer: str) -> dict[str, Any]:
         "transfer": transfer,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "clusters": clusters,
-        "outliers": [{"path": p, "output": outlier_outputs[p] if write else None} for p in result.outliers],
+        "outliers": [{"path": p, "output": outlier_outputs[p] if write else None,
+                      **({"reference": True} if result.is_reference(p) else {})} for p in result.outliers],
         "skipped": [{"path": s.path, "reason": s.reason} for s in result.skipped],
         "stats": {
             "images": result.images,
@@ -115,8 +116,12 @@ def source_path(job: dict[str, Any], rel: str) -> Path:
 
 def planned_transfers(manifest: dict[str, Any]) -> list[tuple[str, str]]:
     """(input path, output path) of every file the manifest places."""
+    return [(e["path"], e["output"]) for e in _placed(manifest)]
+
+
+def _placed(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     entries = [m for c in manifest["clusters"] for m in c["members"]] + manifest["outliers"]
-    return [(e["path"], e["output"]) for e in entries if e.get("output")]
+    return [e for e in entries if e.get("output")]
 
 
 # -- the output folder ------------------------------------------------------------
@@ -286,11 +291,13 @@ def _move(src: Path, dst: Path) -> str | None:
 
 def run_transfers(out: Path, job: dict[str, Any], bar, warn) -> None:
     """Carry out (or finish) the transfers of ``job`` (a pending journal)."""
-    mode = job["transfer"]
-    todo = planned_transfers(job)
+    todo = _placed(job)
     notes: set[str] = set()
     with bar(len(todo)) as shown:
-        for rel_src, rel_dst in todo:
+        for entry in todo:
+            rel_src, rel_dst = entry["path"], entry["output"]
+            # files of a --reference folder are copied, never moved
+            mode = "copy" if job["transfer"] == "move" and entry.get("reference") else job["transfer"]
             try:
                 note = transfer_file(source_path(job, rel_src), out / rel_dst, mode)
             except OSError as e:

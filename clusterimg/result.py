@@ -40,6 +40,7 @@ class Root:
     label: str
     path: Path  # absolute
     files: list[str] | None = None  # only these files (relative), or None: every image found
+    reference: bool = False  # a --reference folder: never moved or deduplicated, preferred as representative
 
     def source(self, rel: str) -> Path:
         return self.path / rel
@@ -76,6 +77,11 @@ class Result:
             if root.label == label:
                 return root.source(rel)
         raise KeyError(path)
+
+    def is_reference(self, path: str) -> bool:
+        """Whether ``path`` lies in a reference folder."""
+        label = path.partition("/")[0]
+        return any(r.reference and r.label == label for r in self.roots)
 
     def manifest(self, transfer: str = "none") -> dict[str, Any]:
         """The clusters.json object (outputs planned for ``transfer``; null with "none")."""

@@ -146,3 +146,25 @@ def test_threshold_shows_the_borderline_pairs_with_paths_before_asking(photo_fol
     asked = result.output.index("Threshold (Enter takes the suggestion)")
     assert shown < asked
     assert f"{photo_folder}/" in result.output[shown:asked]  # full paths, not bare names
+
+
+def test_reference_folder_is_preferred_copied_not_moved_and_kept_by_dedupe(photo_folder, tmp_path):
+    masters = tmp_path / "masters"
+    write_photo(masters / "one_master.png", make_photo(1))
+    before = (masters / "one_master.png").read_bytes()
+    result = run_cli("run", photo_folder, "--reference", masters, "--out", tmp_path / "out", "--transfer", "move",
+                     "--no-cache")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "out" / "clusters.json").read_text())
+    (one,) = [c for c in manifest["clusters"] if "masters/one_master.png" in [m["path"] for m in c["members"]]]
+    assert one["representative"] == "masters/one_master.png"
+    by_path = {m["path"]: m for m in one["members"]}
+    assert by_path["masters/one_master.png"]["reference"] is True and by_path["masters/one_master.png"]["score"] == 1.0
+    assert "reference" not in by_path["photos/a/one.jpg"]
+    assert (masters / "one_master.png").read_bytes() == before  # copied, not moved
+    assert not (photo_folder / "a" / "one.jpg").exists()  # the others were moved
+    done = run_cli("dedupe", tmp_path / "out")
+    assert done.exit_code == 0, done.output
+    out_file = tmp_path / "out" / by_path["masters/one_master.png"]["output"]
+    assert out_file.exists()  # the reference copy stays; the others of its cluster went to the trash
+    assert not (tmp_path / "out" / by_path["photos/a/one.jpg"]["output"]).exists()
