@@ -14,7 +14,8 @@ from clusterimg import thresholds as th
 from clusterimg.cache import ENV_VAR, default_cache_dir, open_cache
 from clusterimg.errors import ClusterimgError
 from clusterimg.features import available, get_method
-from clusterimg.output import TRANSFERS, build_manifest, finish_job, pending_job, prepare_out_dir, write_output
+from clusterimg.output import (PENDING, TRANSFERS, build_manifest, check_paths, default_out, dumps_json, finish_job,
+                               write_output)
 from clusterimg.engine.pipeline import cluster_folder
 from clusterimg.progress import tqdm_bars
 
@@ -68,11 +69,18 @@ def friendly_errors(fn):
         try:
             return fn(*args, **kwargs)
         except ClusterimgError as e:
-            click.echo(f"Error: {e}", err=True)
+            click.echo(f"Error: {printable(str(e))}", err=True)
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
-            click.echo("\nInterrupted. Run the same command again to resume.", err=True)
+            ctx = click.get_current_context(silent=True)
+            state, out = (ctx.meta.get("clusterimg.interrupted") if ctx is not None else None) or (
+                "nothing" if kwargs.get("no_cache") else "cache", None)
+            click.echo("\n" + interrupt_message(state, out), err=True)
             sys.exit(130)
+        except OSError as e:  # the last guard: one line, never a traceback
+            name = f" {e.filename}" if getattr(e, "filename", None) else ""
+            click.echo(f"Error:{printable(name)}: {e.strerror or e}", err=True)
+            sys.exit(1)
 
     return wrapper
 
@@ -104,17 +112,36 @@ def main():
     """Sort a folder of photos into clusters of alike images."""
 
 
+class ThresholdType(click.ParamType):
+    """A number between 0 and 1 (NaN refused), with a message that says so."""
+
+    name = "threshold"
+
+    def convert(self, value, param, ctx):
+        try:
+            number = float(value) if isinstance(value, (int, float)) else float(str(value).strip())
+        except ValueError:
+            self.fail(f"{value!r} is not a number; enter a threshold between 0 and 1", param, ctx)
+        if not 0.0 <= number <= 1.0:  # also false for NaN
+            self.fail(f"{value} is not a threshold between 0 and 1", param, ctx)
+        return number
+
+
 @main.command()
 @click.argument("folder", type=click.Path(path_type=Path, file_okay=True, dir_okay=True))
 @click.option("--method", "-m", type=click.Choice(sorted(available())), default="phash", show_default=True,
               help="Similarity backend (see `clusterimg methods`).")
-@click.option("--threshold", "-t", type=click.FloatRange(0.0, 1.0), default=None,
+@click.option("--threshold", "-t", type=ThresholdType(), default=None,
               help="Pairs at least this similar (0..1) are joined. [default: the method's calibrated one]")
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=None,
               help="Output folder. [default: FOLDER_clustered beside the input]")
 @click.option("--transfer", type=click.Choice(TRANSFERS), default="copy", show_default=True,
               help="How files get into the output tree; `none` writes only the manifest.")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier clusterimg output in --out.")
+@click.option("--resume", is_flag=True,
+              help="Finish the interrupted run recorded in --out with its own options, even if they differ.")
+@click.option("--exclude", "exclude_globs", multiple=True, metavar="GLOB",
+              help="Leave out files and folders whose name or relative path matches GLOB (repeatable).")
 @click.option("--batch-size", type=click.IntRange(min=0), default=1000, show_default=True,
               help="Images compared together in the first stage; 0 = one batch.")
 @click.option("--recursive/--no-recursive", default=True, show_default=True, help="Descend into subfolders.")
@@ -126,8 +153,8 @@ def main():
 @cache_options
 @backend_options
 @friendly_errors
-def run(folder, method, threshold, out, transfer, overwrite, batch_size, recursive, workers, exhaustive,
-        as_json, quiet, cache_dir, no_cache, **kwargs):
+def run(folder, method, threshold, out, transfer, overwrite, resume, exclude_globs, batch_size, recursive, workers,
+        exhaustive, as_json, quiet, cache_dir, no_cache, **kwargs):
     """Cluster the images in FOLDER and write the clusters to an output folder.
 
     Features and pair scores are kept in a cache: another run on the same
@@ -135,41 +162,63 @@ def run(folder, method, threshold, out, transfer, overwrite, batch_size, recursi
     """
     backend, _ = make_backend(method, kwargs)
     threshold = backend.default_threshold if threshold is None else threshold
-    out = out if out is not None else folder.parent / f"{folder.resolve().name}_clustered"
+    out = out if out is not None else default_out(folder)
     bars = tqdm_bars(show_progress(quiet))
     say = (lambda msg: click.echo(msg, err=True)) if (as_json or quiet) else click.echo
-    warn = lambda msg: click.echo(f"Warning: {msg}", err=True)
+    warn = lambda msg: click.echo(f"Warning: {printable(msg)}", err=True)
+    params = dict(backend.params, batch_size=batch_size, exhaustive=exhaustive)
+    command = {"method": method, "threshold": threshold, "params": params, "transfer": transfer}
 
-    job = pending_job(out)
-    if job is not None:
-        say(f"Finishing the interrupted run recorded in {out} ({job['transfer']} of "
-            f"{len(job['clusters'])} clusters); its options are used, not this command's.")
-        manifest = finish_job(out, job, bars(job["transfer"]), warn)
-    else:
-        if not folder.is_dir():
-            raise ClusterimgError(
-                f"input folder not found: {folder}" if not folder.exists() else f"input is not a folder: {folder}",
-                exit_code=2)
-        inside = _is_inside(out, folder)
-        if not no_cache and _is_inside(cache_dir or default_cache_dir(), out):
-            raise click.UsageError("the cache folder cannot be inside the output folder (use --cache-dir)")
-        prepare_out_dir(out, overwrite)
-        with open_cache(backend, cache_dir, enabled=not no_cache) or _nothing() as cache:
-            result = cluster_folder(
-                folder, backend, threshold, batch_size=batch_size, recursive=recursive,
-                workers=workers or os.cpu_count() or 1, exhaustive=exhaustive,
-                exclude=out if inside else None, bars=bars, cache=cache,
-            )
-        if cache is not None and not quiet:
-            say(cache_line(result.counts))
-        params = dict(backend.params, batch_size=batch_size, exhaustive=exhaustive)
-        manifest = build_manifest(result, method=method, threshold=threshold, params=params,
-                                  input_arg=str(folder), transfer=transfer)
-        write_output(folder, out, manifest, bars(transfer), warn)
+    if not no_cache and _is_inside(cache_dir or default_cache_dir(), out):
+        raise click.UsageError("the cache folder cannot be inside the output folder (use --cache-dir)")
+    with check_paths([folder], out, overwrite=overwrite, resume=resume, command=command) as target:
+        if target.job is not None:
+            job = target.job
+            say(f"Finishing the interrupted run recorded in {out} ({job['transfer']} of "
+                f"{len(job['clusters'])} clusters); its options are used, not this command's.")
+            _on_interrupt("journal", out)
+            manifest = finish_job(target.out, job, bars(job["transfer"]), warn)
+        else:
+            _on_interrupt("nothing" if no_cache else "cache", out)
+            with open_cache(backend, cache_dir, enabled=not no_cache, warn=warn) or _nothing() as cache:
+                result = cluster_folder(
+                    folder, backend, threshold, batch_size=batch_size, recursive=recursive,
+                    workers=workers or os.cpu_count() or 1, exhaustive=exhaustive,
+                    exclude_globs=exclude_globs, bars=bars, cache=cache,
+                )
+            if cache is not None and not quiet:
+                say(cache_line(result.counts))
+            manifest = build_manifest(result, method=method, threshold=threshold, params=params,
+                                      input_arg=str(folder), transfer=transfer)
+            if transfer != "none":
+                _on_interrupt("journal", out)
+            manifest = write_output(folder, target.out, manifest, bars(transfer), warn)
     if as_json:
-        click.echo(json.dumps(manifest, indent=1, ensure_ascii=False))
+        click.echo(dumps_json(manifest))
     if not quiet:
-        say(summary_line(manifest, out))
+        say(printable(summary_line(manifest, out)))
+
+
+def printable(text: str) -> str:
+    """Text that any terminal encoding can take: surrogate escapes of names
+    that are not valid UTF-8 shown as \\udcXX."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _on_interrupt(state: str, out: Path) -> None:
+    """Record what Ctrl-C would leave behind, for friendly_errors' message."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.meta["clusterimg.interrupted"] = (state, out)
+
+
+def interrupt_message(state: str | None, out: Path | None) -> str:
+    if state == "journal":
+        return (f"Interrupted. The plan is kept in {out / PENDING}: run the same command again to finish "
+                "the transfer.")
+    if state == "nothing":
+        return "Interrupted. Nothing was kept (--no-cache): a new run starts from the beginning."
+    return "Interrupted. Run the same command again to resume: what was read so far is in the cache."
 
 
 class _nothing:
@@ -203,23 +252,6 @@ def summary_line(manifest: dict, out: Path) -> str:
     return (f"{s['images']} images read, {s['skipped']} skipped: {s['clusters']} clusters, "
             f"{s['outliers']} outliers in {s['seconds']:.1f} s ({manifest['method']}, threshold "
             f"{manifest['threshold']:g}) -> {out / 'clusters.json'}")
-
-
-class ThresholdType(click.ParamType):
-    """A number between 0 and 1, with a message that says so."""
-
-    name = "threshold"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, float):
-            return value
-        try:
-            number = float(str(value).strip())
-        except ValueError:
-            self.fail(f"{value!r} is not a number; enter a threshold between 0 and 1", param, ctx)
-        if not 0.0 <= number <= 1.0:
-            self.fail(f"{value} is not a threshold between 0 and 1", param, ctx)
-        return number
 
 
 @main.command("threshold")

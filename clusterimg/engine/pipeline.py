@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Sequence
 
 from clusterimg.cache import Cache
 from clusterimg.clustering.threshold import group_features, summarise
@@ -30,6 +31,7 @@ def cluster_folder(
     workers: int = 1,
     exhaustive: bool = False,
     exclude: Path | None = None,
+    exclude_globs: Sequence[str] = (),
     bars=no_bar,
     cache: Cache | None = None,
 ) -> Result:
@@ -42,7 +44,7 @@ def cluster_folder(
         raise ClusterimgError(f"input is not a folder: {root}", exit_code=2)
     if not os.access(root, os.R_OK | os.X_OK):
         raise ClusterimgError(f"input folder cannot be read (permission denied): {root}", exit_code=2)
-    paths, skipped = discover(root, recursive=recursive, exclude=exclude)
+    paths, skipped = discover(root, recursive=recursive, exclude=exclude, exclude_globs=exclude_globs)
     timings = {"discover": time.perf_counter() - started}
 
     t = time.perf_counter()
