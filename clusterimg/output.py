@@ -24,6 +24,7 @@ Safety rules (the README's "Safety" section says the same to users):
 from __future__ import annotations
 
 import errno
+import filecmp
 import json
 import math
 import os
@@ -568,14 +569,16 @@ def _link_no_clobber(src: Path, dst: Path) -> None:
         os.rename(src, dst)
 
 
-def transfer_file(src: Path, dst: Path, mode: str) -> str | None:
+def transfer_file(src: Path, dst: Path, mode: str, link_target: Path | None = None) -> str | None:
     """Put ``src`` at ``dst`` by ``mode``. Idempotent: a step already done is
     recognised and skipped, so an interrupted run can simply be repeated.
     Returns a note for the user when something had to be done differently;
-    raises SourceVanished when ``src`` is gone and the step was not done."""
+    raises SourceVanished when ``src`` is gone and the step was not done.
+    ``link_target``: where a moved symbolic link should point (its target's
+    new place, when this run moves the target too)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     if mode == "move":
-        return _move(src, dst)
+        return _move(src, dst, link_target)
     if os.path.lexists(dst):
         return None  # done by an earlier, interrupted attempt
     if not os.path.exists(src):
@@ -597,7 +600,7 @@ def transfer_file(src: Path, dst: Path, mode: str) -> str | None:
     return None
 
 
-def _move(src: Path, dst: Path) -> str | None:
+def _move(src: Path, dst: Path, link_target: Path | None = None) -> str | None:
     src_there, dst_there = os.path.lexists(src), os.path.lexists(dst)
     if dst_there and not src_there:
         return None  # moved by an earlier attempt
@@ -605,10 +608,9 @@ def _move(src: Path, dst: Path) -> str | None:
         # an earlier attempt copied across file systems and stopped before
         # deleting the source: drop the source only if the copy is complete
         if os.path.islink(src) and os.path.islink(dst):
-            if os.path.realpath(src) == os.path.realpath(dst):
-                os.unlink(src)
-                return None
-        elif not os.path.islink(dst) and os.path.getsize(src) == os.path.getsize(dst):
+            os.unlink(src)  # the link was made from this one; stopped before the old one was dropped
+            return None
+        if not os.path.islink(dst) and (os.path.samefile(src, dst) or filecmp.cmp(src, dst, shallow=False)):
             os.unlink(src)
             return None
         raise ClusterimgError(f"both {src} and {dst} exist and differ; resolve by hand")
@@ -616,8 +618,8 @@ def _move(src: Path, dst: Path) -> str | None:
         raise SourceVanished(str(src))
     if os.path.islink(src):
         # a link moves as a link to the same file: relative targets are made
-        # absolute, so the moved link does not dangle
-        os.symlink(os.path.realpath(src), dst)
+        # absolute (or point to where this run moves the file), so it does not dangle
+        os.symlink(link_target or os.path.realpath(src), dst)
         os.unlink(src)
         return None
     try:
@@ -643,10 +645,18 @@ def run_transfers(root: Path, out: Path, job: dict[str, Any], bar, warn) -> list
     todo = planned_transfers(job)
     notes: set[str] = set()
     vanished = []
+    moved_to: dict[str, Path] = {}  # a moved file's old resolved path -> its new place
+    if mode == "move":
+        for rel_src, rel_dst in todo:
+            if not os.path.islink(root / rel_src):
+                moved_to[os.path.realpath(root / rel_src)] = out / rel_dst
     with bar(len(todo)) as shown:
         for rel_src, rel_dst in todo:
             try:
-                note = transfer_file(root / rel_src, out / rel_dst, mode)
+                src = root / rel_src
+                target = moved_to.get(os.path.realpath(src)) if moved_to and os.path.islink(src) else None
+                note = transfer_file(src, out / rel_dst, mode, target) if target else \
+                    transfer_file(src, out / rel_dst, mode)
             except SourceVanished:
                 vanished.append(rel_src)
                 note = None
