@@ -326,7 +326,11 @@ def _deletable(target: Path, source: Path, mode: str) -> bool:
 def _walk_files(out: Path) -> list[Path]:
     """Every non-folder entry under ``out`` (symlinks not followed)."""
     found = []
-    for folder, dirs, files in os.walk(out, followlinks=False):
+
+    def fail(error: OSError) -> None:
+        raise error  # an unreadable subfolder: refuse rather than guess what it holds
+
+    for folder, dirs, files in os.walk(out, onerror=fail, followlinks=False):
         found.extend(Path(folder) / f for f in files)
         found.extend(Path(folder) / d for d in dirs if os.path.islink(os.path.join(folder, d)))
     return found
@@ -433,6 +437,9 @@ def check_paths(
     folder = OutputFolder(out_r, _lock=lock, _created=created)
     try:
         _inspect(folder, out, resolved_inputs, overwrite=overwrite, resume=resume, command=command)
+    except OSError as e:
+        folder.abandon()
+        raise ClusterimgError(f"cannot read the output folder {out}: {e.strerror or e}", exit_code=2)
     except BaseException:
         folder.abandon()
         raise
@@ -465,7 +472,8 @@ def _inspect(folder: OutputFolder, shown: Path, inputs: list[Path], *, overwrite
     if resume and job is None:
         raise ClusterimgError(f"nothing to resume in {shown}: it holds no interrupted run", exit_code=2)
 
-    entries = [e for e in os.listdir(out) if e != LOCK]
+    # a run killed before its journal was complete leaves only clusterimg's own temporary files
+    entries = [e for e in os.listdir(out) if e != LOCK and not _is_ours_temp(e)]
     if not entries:
         return
     if not overwrite:

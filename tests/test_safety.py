@@ -565,3 +565,12 @@ def test_interrupt_message_says_what_was_kept(photo_folder, tmp_path, monkeypatc
     result = invoke("run", photo_folder, "--out", tmp_path / "out", *flags)
     assert result.exit_code == 130
     assert says in result.output and never not in result.output
+
+
+def test_temporary_files_of_a_killed_run_do_not_block_the_next(photo_folder, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".tmp-k1ll3d.json").write_text('{"half": ')  # killed while writing its journal
+    (out / LOCK).write_text("")
+    result = invoke("run", photo_folder, "--out", out, "-q")
+    assert result.exit_code == 0, result.output
