@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
 from pathlib import Path
@@ -73,9 +72,8 @@ def friendly_errors(fn):
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
             ctx = click.get_current_context(silent=True)
-            state, out = (ctx.meta.get("clusterimg.interrupted") if ctx is not None else None) or (
-                "nothing" if kwargs.get("no_cache") else "cache", None)
-            click.echo("\n" + interrupt_message(state, out), err=True)
+            state, out = (ctx.meta.get("clusterimg.interrupted") if ctx is not None else None) or (None, None)
+            click.echo("\n" + interrupt_message(state, out, bool(kwargs.get("no_cache"))), err=True)
             sys.exit(130)
         except OSError as e:  # the last guard: one line, never a traceback
             name = f" {e.filename}" if getattr(e, "filename", None) else ""
@@ -179,7 +177,6 @@ def run(folder, method, threshold, out, transfer, overwrite, resume, exclude_glo
             _on_interrupt("journal", out)
             manifest = finish_job(target.out, job, bars(job["transfer"]), warn)
         else:
-            _on_interrupt("nothing" if no_cache else "cache", out)
             with open_cache(backend, cache_dir, enabled=not no_cache, warn=warn) or _nothing() as cache:
                 result = cluster_folder(
                     folder, backend, threshold, batch_size=batch_size, recursive=recursive,
@@ -205,18 +202,20 @@ def printable(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _on_interrupt(state: str, out: Path) -> None:
+def _on_interrupt(state: str, out: Path) -> None:  # state: "journal" (more may come)
     """Record what Ctrl-C would leave behind, for friendly_errors' message."""
     ctx = click.get_current_context(silent=True)
     if ctx is not None:
         ctx.meta["clusterimg.interrupted"] = (state, out)
 
 
-def interrupt_message(state: str | None, out: Path | None) -> str:
-    if state == "journal":
+def interrupt_message(state: str | None, out: Path | None, no_cache: bool) -> str:
+    """What Ctrl-C left behind, truthfully: the journal of the transfer, the
+    cache, or nothing."""
+    if state == "journal" and out is not None and (out / PENDING).exists():
         return (f"Interrupted. The plan is kept in {out / PENDING}: run the same command again to finish "
                 "the transfer.")
-    if state == "nothing":
+    if no_cache:
         return "Interrupted. Nothing was kept (--no-cache): a new run starts from the beginning."
     return "Interrupted. Run the same command again to resume: what was read so far is in the cache."
 
