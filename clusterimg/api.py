@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -136,8 +137,8 @@ def resolve_inputs(inputs, reference: Sequence[str | os.PathLike] = ()) -> list[
     return roots
 
 
-def find_images(roots: Sequence[Root], *, recursive: bool = True, exclude: Path | None = None
-                ) -> tuple[list[str], list[Skipped]]:
+def find_images(roots: Sequence[Root], *, recursive: bool = True, exclude: Path | None = None,
+                exclude_globs: Sequence[str] = ()) -> tuple[list[str], list[Skipped]]:
     """Image paths of all roots (prefixed by their labels) and the files passed over."""
     paths: list[str] = []
     skipped: list[Skipped] = []
@@ -145,7 +146,7 @@ def find_images(roots: Sequence[Root], *, recursive: bool = True, exclude: Path 
         if root.files is not None:
             found, passed = root.files, []
         else:
-            found, passed = discover(root.path, recursive=recursive, exclude=exclude)
+            found, passed = discover(root.path, recursive=recursive, exclude=exclude, exclude_globs=exclude_globs)
         prefix = f"{root.label}/" if root.label else ""
         paths += [prefix + p for p in found]
         skipped += [Skipped(prefix + s.path, s.reason) for s in passed]
@@ -186,12 +187,16 @@ def read_images(method: Method, paths: Sequence[str], source, *, workers: int, c
     return images
 
 
-def cache_for(method: Method, cache: bool | str | os.PathLike):
+def cache_for(method: Method, cache: bool | str | os.PathLike, warn=None):
     """A context giving the Cache (``True``: the user cache folder; a path:
     that folder) or None (``False``)."""
     if cache is False or cache is None:
         return contextlib.nullcontext(None)
-    return open_cache(method, None if cache is True else Path(cache))
+    return open_cache(method, None if cache is True else Path(cache), warn=warn or _warn)
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, stacklevel=3)
 
 
 def bars_for(progress) -> Any:
@@ -221,6 +226,8 @@ def cluster(
     progress=None,
     keep_features: bool = False,
     reference: Sequence[str | os.PathLike] = (),
+    exclude_globs: Sequence[str] = (),
+    warn=None,
     **options,
 ) -> Result:
     """Cluster the images of ``inputs`` and return a :class:`Result`.
@@ -239,7 +246,9 @@ def cluster(
     image's feature in ``result.features`` (path -> feature), e.g. to fit a
     model that assigns new images later. ``reference``: folders clustered
     with the inputs whose images are preferred as representatives and are
-    never moved (a move copies them) or deduplicated.
+    never moved (a move copies them) or deduplicated. ``exclude_globs``:
+    names or relative paths to leave out (``"*.tmp"``, ``"raw/*"``).
+    ``warn``: receives one-line warnings (default: :func:`warnings.warn`).
 
     >>> import clusterimg
     >>> result = clusterimg.cluster("examples", method="phash", cache=False)
@@ -259,12 +268,13 @@ def cluster(
     roots = resolve_inputs(inputs, reference)
     bars = bars_for(progress)
     started = time.perf_counter()
-    paths, skipped = find_images(roots, recursive=recursive, exclude=Path(exclude) if exclude else None)
+    paths, skipped = find_images(roots, recursive=recursive, exclude=Path(exclude) if exclude else None,
+                                 exclude_globs=exclude_globs)
     timings = {"discover": time.perf_counter() - started}
     source = Result([], [], [], 0, roots=roots).source
     twin_of = exact_copies([str(source(p)) for p in paths])
     timings["exact"] = time.perf_counter() - started - timings["discover"]
-    with cache_for(backend, cache) as store:
+    with cache_for(backend, cache, warn or _warn) as store:
         t = time.perf_counter()
         unique = [p for k, p in enumerate(paths) if k not in twin_of]
         images = read_images(backend, unique, source, workers=workers or os.cpu_count() or 1, cache=store,

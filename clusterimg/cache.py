@@ -31,9 +31,10 @@ import io
 import json
 import os
 import sqlite3
+import sys
 import time
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -61,9 +62,10 @@ def default_cache_dir() -> Path:
 # -- keys -----------------------------------------------------------------------
 
 
-def _int64_digest(text: str) -> int:
+def _int64_digest(text: str | bytes) -> int:
     """A signed 64-bit integer digest (SQLite integers are signed 64-bit)."""
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big", signed=True)
+    data = text if isinstance(text, bytes) else text.encode("utf-8")
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big", signed=True)
 
 
 def method_key(method: Method) -> str:
@@ -83,7 +85,9 @@ def file_key(path: str | os.PathLike) -> int | None:
         st = os.stat(resolved)
     except OSError:
         return None
-    return _int64_digest(f"{resolved}\0{st.st_size}\0{st.st_mtime_ns}")
+    # the path as the bytes the file system holds: a name that is not valid
+    # UTF-8 (surrogate escapes) hashes like any other; UTF-8 names keep their keys
+    return _int64_digest(os.fsencode(resolved) + f"\0{st.st_size}\0{st.st_mtime_ns}".encode())
 
 
 # -- features without pickle ------------------------------------------------------
@@ -122,12 +126,19 @@ def decode_feature(data: bytes) -> Feature:
 class Cache:
     """Features and scores of one backend configuration (``method``)."""
 
-    def __init__(self, folder: Path, method: Method):
+    def __init__(self, folder: Path, method: Method, warn: Callable[[str], None] | None = None):
         self.folder = Path(folder)
+        self.warn = warn or (lambda msg: print(f"Warning: {msg}", file=sys.stderr))
+        self.db: sqlite3.Connection | None = None
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(self.folder / CACHE_FILE, timeout=30)
-            self._setup()
+            try:
+                self._connect()
+            except sqlite3.OperationalError:
+                raise
+            except sqlite3.DatabaseError as e:  # not a database, or a damaged one
+                self._move_aside(e)
+                self._connect()
         except (OSError, sqlite3.Error) as e:
             raise ClusterimgError(f"cannot open the cache in {self.folder}: {e} (use --cache-dir or --no-cache)")
         self.method = method
@@ -135,6 +146,44 @@ class Cache:
         self._features: list[tuple] = []
         self._scores: list[tuple] = []
         self._last_commit = time.monotonic()
+
+    def _connect(self) -> None:
+        self.db = sqlite3.connect(self.folder / CACHE_FILE, timeout=30)
+        try:
+            self._setup()
+        except BaseException:
+            self.db.close()
+            self.db = None
+            raise
+
+    def _move_aside(self, error: Exception) -> None:
+        """Rename a damaged cache file (and its WAL) so a new one is built;
+        the user is told where the old one went."""
+        if self.db is not None:
+            try:
+                self.db.close()
+            except sqlite3.Error:
+                pass
+            self.db = None
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        target = self.folder / f"{CACHE_FILE}.corrupt-{stamp}"
+        for suffix in ("", "-wal", "-shm"):
+            source = self.folder / (CACHE_FILE + suffix)
+            if source.exists():
+                os.replace(source, Path(str(target) + suffix))
+        self.warn(f"the cache file {self.folder / CACHE_FILE} is damaged ({error}); moved it aside to "
+                  f"{target.name} and started a new one")
+
+    def _damaged(self, error: sqlite3.DatabaseError) -> None:
+        """A damaged cache found while running: move it aside, go on without."""
+        self._features, self._scores = [], []
+        try:
+            self._move_aside(error)
+        except OSError as e:
+            self.warn(f"the cache file {self.folder / CACHE_FILE} is damaged ({error}) and cannot be moved aside "
+                      f"({e.strerror or e}); this run goes on without the cache")
+            return
+        self.warn("this run goes on without the cache")
 
     def _setup(self) -> None:
         self.db.execute("PRAGMA journal_mode=WAL")  # readers and one writer at once; crash-safe
@@ -158,6 +207,18 @@ class Cache:
         """Stored features of the given file keys (those that have one)."""
         wanted = [k for k in fkeys if k is not None]
         found: dict[int, Feature] = {}
+        if self.db is None:
+            return found
+        try:
+            self._read_features(wanted, found)
+        except sqlite3.OperationalError as e:
+            raise ClusterimgError(f"cannot read the cache in {self.folder}: {e} (use --cache-dir or --no-cache)")
+        except sqlite3.DatabaseError as e:
+            self._damaged(e)
+            found.clear()
+        return found
+
+    def _read_features(self, wanted: list[int], found: dict[int, Feature]) -> None:
         for start in range(0, len(wanted), 500):  # stay under SQLite's variable limit
             part = wanted[start : start + 500]
             rows = self.db.execute(
@@ -169,7 +230,6 @@ class Cache:
                     found[fkey] = decode_feature(data)
                 except (ValueError, OSError, KeyError):
                     pass  # unreadable entry: extract again (it is replaced)
-        return found
 
     def put_feature(self, fkey: int | None, feature: Feature) -> None:
         data = None if fkey is None else encode_feature(feature)
@@ -180,6 +240,17 @@ class Cache:
     # -- scores
     def get_scores(self, fkeys: Sequence[int]) -> dict[tuple[int, int], float]:
         """Stored scores of pairs among ``fkeys``, as {(a, b): score} with a < b."""
+        if self.db is None:
+            return {}
+        try:
+            return self._read_scores(fkeys)
+        except sqlite3.OperationalError as e:
+            raise ClusterimgError(f"cannot read the cache in {self.folder}: {e} (use --cache-dir or --no-cache)")
+        except sqlite3.DatabaseError as e:
+            self._damaged(e)
+            return {}
+
+    def _read_scores(self, fkeys: Sequence[int]) -> dict[tuple[int, int], float]:
         keys = sorted(set(fkeys))
         self.db.execute("CREATE TEMP TABLE IF NOT EXISTS wanted (k INTEGER PRIMARY KEY)")
         self.db.execute("DELETE FROM wanted")
@@ -206,6 +277,17 @@ class Cache:
             self.commit()
 
     def commit(self) -> None:
+        if self.db is None:
+            self._features, self._scores = [], []
+            return
+        try:
+            self._write()
+        except sqlite3.OperationalError as e:  # disk full, read-only, locked too long
+            raise ClusterimgError(f"cannot write the cache in {self.folder}: {e} (use --cache-dir or --no-cache)")
+        except sqlite3.DatabaseError as e:
+            self._damaged(e)
+
+    def _write(self) -> None:
         if self._features:
             self.db.executemany("INSERT OR REPLACE INTO features VALUES (?, ?, ?)", self._features)
         if self._scores:
@@ -219,7 +301,9 @@ class Cache:
         try:
             self.commit()
         finally:
-            self.db.close()
+            if self.db is not None:
+                self.db.close()
+                self.db = None
 
     def __enter__(self):
         return self
@@ -229,8 +313,10 @@ class Cache:
         return False
 
 
-def open_cache(method: Method, folder: Path | None, enabled: bool = True) -> Cache | None:
-    """The cache for ``method`` in ``folder`` (default: the user cache folder), or None when disabled."""
+def open_cache(method: Method, folder: Path | None, enabled: bool = True,
+               warn: Callable[[str], None] | None = None) -> Cache | None:
+    """The cache for ``method`` in ``folder`` (default: the user cache folder), or None when disabled.
+    ``warn`` receives one-line warnings (a damaged cache file moved aside); default: stderr."""
     if not enabled:
         return None
-    return Cache(folder if folder is not None else default_cache_dir(), method)
+    return Cache(folder if folder is not None else default_cache_dir(), method, warn)

@@ -1,10 +1,10 @@
 """Command line: parse options, call the library API, print, exit codes. No logic lives here."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import io
-import json
 import os
 import sys
 from pathlib import Path
@@ -17,7 +17,8 @@ from clusterimg.cache import ENV_VAR, default_cache_dir
 from clusterimg.clustering import available_clusterers
 from clusterimg.errors import ClusterimgError
 from clusterimg.features import available
-from clusterimg.output import MANIFEST, TRANSFERS, finish_job, pending_job, prepare_out_dir, write_output
+from clusterimg.output import (MANIFEST, PENDING, TRANSFERS, check_paths, default_out, dumps_json, finish_job,
+                               write_output)
 from clusterimg.progress import tqdm_bars
 
 
@@ -67,11 +68,17 @@ def friendly_errors(fn):
         try:
             return fn(*args, **kwargs)
         except ClusterimgError as e:
-            click.echo(f"Error: {e}", err=True)
+            click.echo(f"Error: {printable(str(e))}", err=True)
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
-            click.echo("\nInterrupted. Run the same command again to resume.", err=True)
+            ctx = click.get_current_context(silent=True)
+            state, out = (ctx.meta.get("clusterimg.interrupted") if ctx is not None else None) or (None, None)
+            click.echo("\n" + interrupt_message(state, out, bool(kwargs.get("no_cache"))), err=True)
             sys.exit(130)
+        except OSError as e:  # the last guard: one line, never a traceback
+            name = f" {e.filename}" if getattr(e, "filename", None) else ""
+            click.echo(f"Error:{printable(name)}: {e.strerror or e}", err=True)
+            sys.exit(1)
 
     return wrapper
 
@@ -137,6 +144,10 @@ def main():
 @click.option("--transfer", type=click.Choice(TRANSFERS), default="copy", show_default=True,
               help="How files get into the output tree; `none` writes only the manifest.")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier clusterimg output in --out.")
+@click.option("--resume", is_flag=True,
+              help="Finish the interrupted run recorded in --out with its own options, even if they differ.")
+@click.option("--exclude", "exclude_globs", multiple=True, metavar="GLOB",
+              help="Leave out files and folders whose name or relative path matches GLOB (repeatable).")
 @click.option("--batch-size", type=click.IntRange(min=0), default=api.DEFAULT_BATCH_SIZE, show_default=True,
               help="Images compared together in the first stage; 0 = one batch.")
 @click.option("--recursive/--no-recursive", default=True, show_default=True, help="Descend into subfolders.")
@@ -156,8 +167,8 @@ def main():
 @cache_options
 @model_options
 @friendly_errors
-def run(folders, method, cluster, threshold, out, transfer, overwrite, batch_size, recursive, workers, exhaustive,
-        out_format, as_json, reference, with_report, quiet, cache_dir, no_cache, **options):
+def run(folders, method, cluster, threshold, out, transfer, overwrite, resume, exclude_globs, batch_size, recursive,
+        workers, exhaustive, out_format, as_json, reference, with_report, quiet, cache_dir, no_cache, **options):
     """Cluster the images in FOLDERS (one or more folders, clustered together)
     and write the clusters to an output folder.
 
@@ -165,47 +176,56 @@ def run(folders, method, cluster, threshold, out, transfer, overwrite, batch_siz
     folders (at another threshold, or after Ctrl-C) reuses them.
     """
     check_options(method, cluster, options)
+    backend, model = api.configure(method, cluster, **options)
     out_format = out_format or ("json" if as_json else None)
     # A pipe (`--transfer none --json | jq`) writes nothing, so it can run again.
     to_disk = not (transfer == "none" and out_format and out is None) or with_report
     if out is None:
         if len(folders) > 1 or reference:
             raise click.UsageError("several input folders (or --reference) need --out")
-        out = folders[0].resolve().parent / f"{folders[0].resolve().name}_clustered"  # `run .` too
+        out = default_out(folders[0])
     bars = tqdm_bars(show_progress(quiet))
-    say = (lambda msg: click.echo(msg, err=True)) if (out_format or quiet) else click.echo
-    warn = lambda msg: click.echo(f"Warning: {msg}", err=True)
+    say = (lambda msg: click.echo(printable(msg), err=True)) if (out_format or quiet) else \
+        (lambda msg: click.echo(printable(msg)))
+    warn = lambda msg: click.echo(f"Warning: {printable(msg)}", err=True)
+    roots = api.resolve_inputs(folders, reference)  # a bad input is refused before the output is touched
+    if to_disk and not no_cache and _is_inside(cache_dir or default_cache_dir(), out):
+        raise click.UsageError("the cache folder cannot be inside the output folder (use --cache-dir)")
+    command = {"method": method, "transfer": transfer,
+               "threshold": (threshold if threshold is not None else backend.default_threshold)
+               if model.name == "graph" else None,
+               "params": dict(backend.params, batch_size=batch_size, exhaustive=exhaustive)}
+    result = None
+    with (check_paths([r.path for r in roots], out, resume=resume, command=command,
+                      # an earlier --transfer none output holds only its manifest: replacing it loses nothing
+                      overwrite=overwrite or (transfer == "none" and _only_a_manifest(out)))
+          if to_disk else contextlib.nullcontext(None)) as target:
+        if target is not None and target.job is not None:
+            job = target.job
+            say(f"Finishing the interrupted run recorded in {out} ({job['transfer']} of "
+                f"{plural(len(job['clusters']), 'cluster')}); its options are used, not this command's.")
+            _on_interrupt("journal", out)
+            manifest = finish_job(target.out, job, bars(job["transfer"]), warn)
+        else:
+            result = api.cluster(
+                folders[0] if len(folders) == 1 else folders, method, threshold, cluster=cluster,
+                batch_size=batch_size, recursive=recursive, workers=workers, exhaustive=exhaustive,
+                cache=cache_arg(cache_dir, no_cache), exclude_globs=exclude_globs, progress=bars,
+                reference=reference, warn=warn, **options)
+            if not no_cache and not quiet:
+                say(cache_line(result))
+            manifest = result.manifest(transfer)
+            if target is not None:
+                if transfer != "none":
+                    _on_interrupt("journal", out)
+                manifest = write_output(target.out, manifest, bars(transfer), warn)
+        if with_report:
+            from clusterimg.report import build_report
 
-    job = pending_job(out) if to_disk else None
-    if job is not None:
-        say(f"Finishing the interrupted run recorded in {out} ({job['transfer']} of "
-            f"{plural(len(job['clusters']), 'cluster')}); its options are used, not this command's.")
-        manifest = finish_job(out, job, bars(job["transfer"]), warn)
-        result = None
-    else:
-        roots = api.resolve_inputs(folders, reference)  # a bad input is refused before the output is touched
-        inside = any(_is_inside(out, root.path) for root in roots)
-        if to_disk:
-            if not no_cache and _is_inside(cache_dir or default_cache_dir(), out):
-                raise click.UsageError("the cache folder cannot be inside the output folder (use --cache-dir)")
-            # an output of an earlier --transfer none run holds only its manifest: replacing it loses nothing
-            prepare_out_dir(out, overwrite or (transfer == "none" and _only_a_manifest(out)))
-        result = api.cluster(
-            folders[0] if len(folders) == 1 else folders, method, threshold, cluster=cluster, batch_size=batch_size,
-            recursive=recursive, workers=workers, exhaustive=exhaustive, cache=cache_arg(cache_dir, no_cache),
-            exclude=out if inside else None, progress=bars, reference=reference, **options)
-        if not no_cache and not quiet:
-            say(cache_line(result))
-        manifest = result.manifest(transfer)
-        if to_disk:
-            write_output(out, manifest, bars(transfer), warn)
-    if with_report:
-        from clusterimg.report import build_report
-
-        page = build_report(out, manifest, workers=workers or os.cpu_count() or 1, bars=bars)
-        say(f"Report written to {page}")
+            page = build_report(out, manifest, workers=workers or os.cpu_count() or 1, bars=bars)
+            say(f"Report written to {page}")
     if out_format == "json":
-        click.echo(json.dumps(manifest, indent=1, ensure_ascii=False, allow_nan=False))
+        click.echo(dumps_json(manifest))
     elif out_format == "csv":
         click.echo(manifest_csv(manifest), nl=False)
     if not quiet:
@@ -214,6 +234,30 @@ def run(folders, method, cluster, threshold, out, transfer, overwrite, batch_siz
             below = len(api.find_images(roots, recursive=True)[0])
             if below:
                 say(f"Hint: {plural(below, 'image')} in subfolders; drop --no-recursive to read them.")
+
+
+def printable(text: str) -> str:
+    """Text that any terminal encoding can take: surrogate escapes of names
+    that are not valid UTF-8 shown as \\udcXX."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _on_interrupt(state: str, out: Path) -> None:  # state: "journal" (more may come)
+    """Record what Ctrl-C would leave behind, for friendly_errors' message."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.meta["clusterimg.interrupted"] = (state, out)
+
+
+def interrupt_message(state: str | None, out: Path | None, no_cache: bool) -> str:
+    """What Ctrl-C left behind, truthfully: the journal of the transfer, the
+    cache, or nothing."""
+    if state == "journal" and out is not None and (out / PENDING).exists():
+        return (f"Interrupted. The plan is kept in {out / PENDING}: run the same command again to finish "
+                "the transfer.")
+    if no_cache:
+        return "Interrupted. Nothing was kept (--no-cache): a new run starts from the beginning."
+    return "Interrupted. Run the same command again to resume: what was read so far is in the cache."
 
 
 def plural(n: int, word: str, words: str | None = None) -> str:

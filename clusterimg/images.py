@@ -8,10 +8,13 @@ thumbnail is needed, and decompression bombs refused before any allocation.
 """
 from __future__ import annotations
 
+import errno
+import fnmatch
 import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -38,13 +41,64 @@ class Skipped:
     reason: str
 
 
-def discover(root: Path, recursive: bool = True, exclude: Path | None = None) -> tuple[list[str], list[Skipped]]:
+# A folder holding one of these is a clusterimg output (or an interrupted one):
+# its files are copies or moved originals of an earlier run, not new input.
+OUTPUT_MARKERS = ("clusters.json", ".clusterimg-pending.json")
+OUTPUT_FOLDER_REASON = "a clusterimg output folder (holds its clusters.json or journal): not read again"
+
+
+def is_output_folder(names: set[str], folder: Path) -> bool:
+    """Whether a folder whose entry names are ``names`` is a clusterimg output."""
+    if OUTPUT_MARKERS[1] in names:
+        return True
+    if OUTPUT_MARKERS[0] in names:
+        try:
+            with open(folder / OUTPUT_MARKERS[0], "rb") as f:
+                return b'"clusterimg"' in f.read(200)  # the manifest's first key
+        except OSError:
+            return False
+    return False
+
+
+def matches_any(rel_path: str, name: str, patterns: Sequence[str]) -> str | None:
+    """The first glob of ``patterns`` matching the relative path or the name."""
+    for pattern in patterns:
+        if fnmatch.fnmatchcase(rel_path, pattern) or fnmatch.fnmatchcase(name, pattern):
+            return pattern
+    return None
+
+
+def link_problem(path: str) -> str:
+    """Why a symbolic link that is not a file cannot be read, in words."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "symbolic link loop (the link leads back to itself)"
+        if e.errno == errno.ENOENT:
+            try:
+                return f"broken symbolic link (its target {os.readlink(path)} does not exist)"
+            except OSError:
+                return "broken symbolic link"
+        return f"symbolic link that cannot be followed: {e.strerror or e}"
+    if os.path.isdir(path):
+        return "symbolic link to a folder (links to folders are not followed)"
+    return "symbolic link to something that is not a regular file"
+
+
+def discover(root: Path, recursive: bool = True, exclude: Path | None = None,
+             exclude_globs: Sequence[str] = ()) -> tuple[list[str], list[Skipped]]:
     """Image files under ``root`` as sorted relative paths, and the files passed over.
 
     Hidden files and AppleDouble ``._*`` files are not read but listed as skipped,
     so every file of the folder is accounted for; hidden folders are not entered.
-    ``exclude`` is a folder to leave out entirely (the output folder, when it
-    lies inside the input). Symlinked folders are not followed (no loops).
+    ``exclude`` is a folder to leave out entirely; ``exclude_globs`` are
+    patterns matched against each relative path (with ``/``) and each name
+    (files and folders matching one are listed as skipped, folders not
+    entered). A subfolder holding a clusterimg manifest or journal is an
+    earlier output: it is listed once as skipped and not entered. Symlinked
+    folders are not followed (no loops). Names that are not valid UTF-8
+    come back with surrogate escapes (``os.fsdecode``).
     """
     found: list[str] = []
     skipped: list[Skipped] = []
@@ -56,6 +110,9 @@ def discover(root: Path, recursive: bool = True, exclude: Path | None = None) ->
         except OSError as e:
             skipped.append(Skipped(rel or ".", f"cannot list folder: {e.strerror or e}"))
             return
+        if rel and is_output_folder({e.name for e in entries}, folder):
+            skipped.append(Skipped(rel.rstrip("/"), OUTPUT_FOLDER_REASON))
+            return
         for entry in entries:
             rel_path = f"{rel}{entry.name}"
             try:
@@ -63,15 +120,21 @@ def discover(root: Path, recursive: bool = True, exclude: Path | None = None) ->
                 is_file = entry.is_file(follow_symlinks=True)
             except OSError:
                 is_dir = is_file = False
+            pattern = matches_any(rel_path, entry.name, exclude_globs) if exclude_globs else None
             if is_dir:
                 if entry.name.startswith(".") or not recursive:
                     continue
                 if exclude_resolved is not None and Path(entry.path).resolve() == exclude_resolved:
                     continue
+                if pattern is not None:
+                    skipped.append(Skipped(rel_path, f"excluded by --exclude {pattern}"))
+                    continue
                 walk(Path(entry.path), rel_path + "/")
+            elif pattern is not None:
+                skipped.append(Skipped(rel_path, f"excluded by --exclude {pattern}"))
             elif not is_file:
                 if entry.is_symlink():
-                    skipped.append(Skipped(rel_path, "broken symbolic link"))
+                    skipped.append(Skipped(rel_path, link_problem(entry.path)))
                 continue
             elif entry.name.startswith("._"):
                 skipped.append(Skipped(rel_path, "AppleDouble resource file (not an image)"))

@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
+import select
 import signal
 import sys
+import threading
+import time
 import types
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -25,9 +29,55 @@ CHUNK = 32
 _worker_method: Method | None = None
 
 
-def _init_worker(method: Method) -> None:
+def die_with_parent(parent_pid: int) -> None:
+    """Make this process end when process ``parent_pid`` ends, even by kill -9.
+
+    Two guards: on Linux, PR_SET_PDEATHSIG kills this process when its own
+    parent (the forkserver) dies; and a watchdog thread waits on
+    ``parent_pid`` (the process that runs clusterimg) and exits when it is
+    gone, so workers never outlive a killed run."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            PR_SET_PDEATHSIG = 1
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if not _alive(parent_pid):
+        os._exit(1)
+    threading.Thread(target=_watch, args=(parent_pid,), name="clusterimg-watchdog", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _watch(pid: int) -> None:
+    try:
+        fd = os.pidfd_open(pid)  # Linux 5.3+: readable once the process ended, no PID reuse
+    except (AttributeError, OSError):
+        fd = None
+    if fd is not None:
+        select.select([fd], [], [])
+        os._exit(1)
+    while _alive(pid):
+        time.sleep(1.0)
+    os._exit(1)
+
+
+def _init_worker(method: Method, parent_pid: int | None = None) -> None:
     global _worker_method
     _worker_method = method
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
     # Ctrl-C reaches the whole process group: workers ignore it and the parent
     # stops them, so the user sees one message and no worker tracebacks.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -110,7 +160,8 @@ def _extract_iter(method: Method, files: Sequence[str], workers: int, chunk: int
     # inside a bigger program.
     context = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods()
                                           else "spawn")
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(method,))
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                               initargs=(method, os.getpid()))
     try:
         with _main_module_hidden(method):
             # map() submits every chunk now, which starts the workers now, while __main__ is hidden
