@@ -3,10 +3,11 @@
 (rawpy).
 
 ``images.load_image`` calls :func:`open_special` first; it dispatches by
-extension. For HEIF and AVIF it only makes sure Pillow can open the file
-(the plug-in is imported and registered the first time such a file is met,
-so start-up stays fast) and returns None: the ordinary Pillow path then
-decodes it, EXIF orientation included. A RAW file is decoded here into an
+extension. For HEIF and AVIF it makes sure Pillow can open the file (the
+plug-in is imported and registered the first time such a file is met, so
+start-up stays fast); the ordinary Pillow path then decodes it, EXIF
+orientation included (a HEIF file is handed back opened, set to decode its
+embedded thumbnail when that is large enough). A RAW file is decoded here into an
 upright Pillow image: the embedded JPEG preview when it is at least as large
 as the decode needs (fast), else a demosaic (at half size when that is still
 large enough). A missing optional package makes that file a skipped one,
@@ -15,6 +16,7 @@ with a reason naming the package to install.
 from __future__ import annotations
 
 import io
+import math
 import os
 
 import numpy as np
@@ -39,12 +41,15 @@ def extension(path: str | os.PathLike) -> str:
 
 def open_special(path: str | os.PathLike, max_side: int | None = None, max_pixels: int | None = None
                  ) -> Image.Image | None:
-    """A decoded, upright image for RAW files; None for every other file
+    """A decoded, upright image for RAW files; an opened HEIF file set to
+    decode its thumbnail where that is enough; None for every other file
     (after registering the HEIF or AVIF opener when the file needs one).
     Raises ImageReadError with a one-line reason."""
     ext = extension(path)
     if ext in HEIF_EXTENSIONS:
         _require(_register_heif())
+        if max_side:
+            return _open_heif_thumbnail(path, max_side)
     elif ext in AVIF_EXTENSIONS:
         _require(_register_avif())
     elif ext in RAW_EXTENSIONS:
@@ -68,6 +73,21 @@ def _register_heif() -> str:
             pillow_heif.register_heif_opener()
             _heif_state = ""
     return _heif_state
+
+
+def _open_heif_thumbnail(path, max_side: int) -> Image.Image | None:
+    """The HEIF file opened for decoding at ``max_side``: phones embed a
+    small thumbnail (an iPhone's is 320 x 240), and pillow-heif's ``draft``
+    decodes that instead of the full image when it is a scaled copy at
+    least as large as the image fitted within ``max_side``; else the full image."""
+    im = Image.open(path)
+    w, h = im.size
+    scale = min(1.0, max_side / max(w, h, 1))
+    try:
+        im.draft(None, (max(1, math.ceil(w * scale)), max(1, math.ceil(h * scale))))
+    except Exception:  # a plug-in without thumbnail support: decode the full image
+        pass
+    return im
 
 
 def _register_avif() -> str:

@@ -56,6 +56,32 @@ def test_heic_with_exif_orientation_is_decoded_upright(tmp_path):
     assert small.shape == (80, 120)
 
 
+def test_heic_thumbnail_is_decoded_when_large_enough(tmp_path, monkeypatch):
+    from pillow_heif.as_plugin import _LibHeifImageFile
+
+    picked = []
+    original = _LibHeifImageFile.draft
+    monkeypatch.setattr(_LibHeifImageFile, "draft",
+                        lambda self, mode, size: picked.append(original(self, mode, size)) or picked[-1])
+    upright = make_photo(9, (640, 480))
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
+    # with a thumbnail, as phones write them (an iPhone's is 320 x 240)
+    path = write_heic(tmp_path / "IMG_0003.HEIC", stored, exif=exif_rotated_90cw(), thumbnails=[320])
+
+    small = load_image(path, max_side=128)
+    assert picked[-1] is not None and picked[-1][1][2:] == (320, 240)  # the thumbnail was decoded
+    assert small.shape == (96, 128, 3)  # and turned upright like the image
+    reference = np.asarray(upright.resize((128, 96), Image.Resampling.BOX))
+    assert mean_abs(small, reference) < 12
+
+    default = load_image(path, max_side=256)  # 320 x 240 covers 256 x 192
+    assert picked[-1] is not None and default.shape == (192, 256, 3)
+
+    big = load_image(path, max_side=400)  # the thumbnail is too small: the full image
+    assert picked[-1] is None
+    assert big.shape == (300, 400, 3)
+
+
 def test_heic_and_its_jpeg_twin_land_in_one_cluster(tmp_path):
     root = tmp_path / "phone"
     shot = make_photo(11)
