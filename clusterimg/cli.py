@@ -297,6 +297,8 @@ def threshold_command(ctx, folder, method, sample_size, seed, recursive, workers
         click.echo(f"Curve written to {plot}" + (f", borderline pairs to {strip}" if examples else ""))
     command = th.run_command(str(folder), method, chosen, options, recursive=recursive, exhaustive=exhaustive,
                              cache_dir=None if cache_dir is None else str(cache_dir), no_cache=no_cache)
+    if cache_max_size is not None and not no_cache:
+        command += f" --cache-max-size {cache_max_size}"
     if run_after:
         click.echo(f"Running: {command}")
         ctx.invoke(run, folder=folder, method=method, threshold=chosen, recursive=recursive, workers=workers,

@@ -224,3 +224,11 @@ def test_an_older_schema_is_rebuilt_with_the_new_tables(photo_folder, cache_dir)
     assert info_json(cache_dir)["files"] == n_images(photo_folder)
     with sqlite3.connect(cache_dir / CACHE_FILE) as db:
         assert db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental
+
+
+def test_threshold_accepts_the_cap_and_prints_it_in_the_run_command(photo_folder, cache_dir):
+    out = CliRunner().invoke(main, ["threshold", str(photo_folder), "--no-input", "--examples", "0",
+                                    "--cache-max-size", "300MB", "-q"])
+    assert out.exit_code == 0, out.output
+    assert out.output.strip().splitlines()[-1].endswith("--cache-max-size 300000000")
+    assert info_json(cache_dir)["files"] == n_images(photo_folder)
