@@ -225,8 +225,11 @@ class Cache:
         this run uses it now (for least-recently-used eviction)."""
         if getattr(self, "db", None) is None:
             return
-        self.db.execute("INSERT OR IGNORE INTO methods VALUES (?, ?)", (self.mkey, method_key(self.method)))
-        cache_admin.track(self.db, self.mkey, files, fkeys)
+        try:
+            self.db.execute("INSERT OR IGNORE INTO methods VALUES (?, ?)", (self.mkey, method_key(self.method)))
+            cache_admin.track(self.db, self.mkey, files, fkeys)
+        except sqlite3.DatabaseError:
+            self.db.rollback()  # bookkeeping only: the run goes on (untracked entries are evicted first)
 
     def enforce_cap(self, force: bool = False) -> int:
         """Evict least recently used entries if the cache is over its cap
@@ -239,8 +242,9 @@ class Cache:
         cap = cache_admin.default_max_size() if self.max_size is None else self.max_size
         try:
             return cache_admin.evict(self.db, cap)
-        except sqlite3.OperationalError:
-            return 0  # locked by another run: a later check evicts
+        except sqlite3.DatabaseError:
+            self.db.rollback()
+            return 0  # locked by another run (or damaged): a later check evicts
 
     # -- writing
     def _maybe_commit(self) -> None:
