@@ -187,12 +187,19 @@ def read_images(method: Method, paths: Sequence[str], source, *, workers: int, c
     return images
 
 
-def cache_for(method: Method, cache: bool | str | os.PathLike, warn=None):
+def cache_for(method: Method, cache: bool | str | os.PathLike, warn=None, max_size: int | str | None = None):
     """A context giving the Cache (``True``: the user cache folder; a path:
-    that folder) or None (``False``)."""
+    that folder) or None (``False``). ``max_size``: its cap in bytes (None:
+    $CLUSTERIMG_CACHE_MAX_SIZE or 2 GB; 0: no cap)."""
     if cache is False or cache is None:
         return contextlib.nullcontext(None)
-    return open_cache(method, None if cache is True else Path(cache), warn=warn or _warn)
+    if max_size is not None:
+        from clusterimg.cache_admin import parse_size
+        try:
+            max_size = parse_size(max_size)
+        except ValueError as e:
+            raise ClusterimgError(f"cache max size: {e}", exit_code=2)
+    return open_cache(method, None if cache is True else Path(cache), warn=warn or _warn, max_size=max_size)
 
 
 def _warn(message: str) -> None:
@@ -222,6 +229,7 @@ def cluster(
     workers: int | None = None,
     exhaustive: bool = False,
     cache: bool | str | os.PathLike = True,
+    cache_max_size: int | str | None = None,
     exclude: str | os.PathLike | None = None,
     progress=None,
     keep_features: bool = False,
@@ -240,7 +248,9 @@ def cluster(
     near-duplicate backends, ``auto`` for vector ones). Other keyword options
     are the backend's and the model's own (``hash_size=16``, ``k=12``), with
     the same names and defaults as the command line's flags. ``cache``: True
-    (the user cache folder), a folder, or False. ``exclude``: a folder to
+    (the user cache folder), a folder, or False; ``cache_max_size`` its cap in
+    bytes or as "2G", "500MB" (least recently used entries are evicted beyond it; default
+    $CLUSTERIMG_CACHE_MAX_SIZE or 2 GB, 0 for none). ``exclude``: a folder to
     leave out. ``progress``: True for progress bars on stderr, or a bar
     factory (see :mod:`clusterimg.progress`). ``keep_features``: keep each
     image's feature in ``result.features`` (path -> feature), e.g. to fit a
@@ -274,7 +284,7 @@ def cluster(
     source = Result([], [], [], 0, roots=roots).source
     twin_of = exact_copies([str(source(p)) for p in paths])
     timings["exact"] = time.perf_counter() - started - timings["discover"]
-    with cache_for(backend, cache, warn or _warn) as store:
+    with cache_for(backend, cache, warn, cache_max_size) as store:
         t = time.perf_counter()
         unique = [p for k, p in enumerate(paths) if k not in twin_of]
         images = read_images(backend, unique, source, workers=workers or os.cpu_count() or 1, cache=store,

@@ -19,6 +19,10 @@ under which keys:
   what lets a later run at a *lower* threshold tell "scored and low" from
   "never scored".
 
+- bookkeeping (``cache_admin.py``): each file key's path, size and mtime, and
+  when a run last used each (method key, file key), for ``clusterimg cache
+  prune`` and for the size cap (least recently used entries are evicted).
+
 Writes are buffered and committed every ``COMMIT_EVERY`` items or
 ``COMMIT_SECONDS``, whichever comes first, so a run killed part-way loses at
 most a second of work; a buffer is only ever complete items, so it is also
@@ -38,13 +42,13 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from clusterimg import __version__
+from clusterimg import __version__, cache_admin
 from clusterimg.errors import ClusterimgError
 from clusterimg.features.base import Feature, Method
 
 CACHE_FILE = "cache.sqlite"
 ENV_VAR = "CLUSTERIMG_CACHE_DIR"
-SCHEMA = 1  # bump when the tables change: an older file is then started afresh
+SCHEMA = 2  # bump when the tables change: an older file is then started afresh
 COMMIT_EVERY = 64
 COMMIT_SECONDS = 1.0
 DICT_MARK = "__dict__"  # the one name a dict feature's arrays may not use
@@ -191,6 +195,7 @@ class Cache:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
         if version != SCHEMA:
             self.db.executescript("DROP TABLE IF EXISTS features; DROP TABLE IF EXISTS scores;")
+            self._start_afresh()
             self.db.execute(f"PRAGMA user_version={SCHEMA}")
         self.db.executescript(
             """
@@ -201,6 +206,7 @@ class Cache:
             """
         )
         self.db.commit()
+        cache_admin.setup(self.db)
 
     # -- features
     def get_features(self, fkeys: Sequence[int | None]) -> dict[int, Feature]:
@@ -270,6 +276,47 @@ class Cache:
             self._scores.append((self.mkey, min(x, y), max(x, y), float(v)))
         self._maybe_commit()
 
+    # -- size cap and bookkeeping (clusterimg/cache_admin.py)
+    max_size: int | None = None  # bytes; None: $CLUSTERIMG_CACHE_MAX_SIZE or 2 GB; 0: no cap
+    _last_cap_check = 0.0
+
+    def _start_afresh(self) -> None:
+        """A new or rebuilt cache file: drop the bookkeeping tables, and let
+        freed pages go back to the file system (incremental auto-vacuum)."""
+        self.db.executescript("DROP TABLE IF EXISTS methods; DROP TABLE IF EXISTS files; DROP TABLE IF EXISTS used;")
+        self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        self.db.commit()
+        try:
+            self.db.execute("VACUUM")  # the file is empty now: cheap, and it applies auto_vacuum
+        except sqlite3.OperationalError:
+            pass  # another process has it open: the cap still holds, the file shrinks less
+
+    def track(self, files: Sequence[str], fkeys: Sequence[int | None]) -> None:
+        """Note which file each key stands for (for `cache prune`) and that
+        this run uses it now (for least-recently-used eviction)."""
+        if getattr(self, "db", None) is None:
+            return
+        try:
+            self.db.execute("INSERT OR IGNORE INTO methods VALUES (?, ?)", (self.mkey, method_key(self.method)))
+            cache_admin.track(self.db, self.mkey, files, fkeys)
+        except sqlite3.DatabaseError:
+            self.db.rollback()  # bookkeeping only: the run goes on (untracked entries are evicted first)
+
+    def enforce_cap(self, force: bool = False) -> int:
+        """Evict least recently used entries if the cache is over its cap
+        (checked at most every few seconds unless ``force``)."""
+        if getattr(self, "db", None) is None:
+            return 0
+        if not force and time.monotonic() - self._last_cap_check < cache_admin.CHECK_SECONDS:
+            return 0
+        self._last_cap_check = time.monotonic()
+        cap = cache_admin.default_max_size() if self.max_size is None else self.max_size
+        try:
+            return cache_admin.evict(self.db, cap)
+        except sqlite3.DatabaseError:
+            self.db.rollback()
+            return 0  # locked by another run (or damaged): a later check evicts
+
     # -- writing
     def _maybe_commit(self) -> None:
         if (len(self._features) >= COMMIT_EVERY or len(self._scores) >= COMMIT_EVERY * 64
@@ -295,11 +342,13 @@ class Cache:
         self.db.commit()
         self._features, self._scores = [], []
         self._last_commit = time.monotonic()
+        self.enforce_cap()
 
     def close(self) -> None:
         """Commit what is buffered (complete items only) and close."""
         try:
             self.commit()
+            self.enforce_cap(force=True)
         finally:
             if self.db is not None:
                 self.db.close()
@@ -314,9 +363,12 @@ class Cache:
 
 
 def open_cache(method: Method, folder: Path | None, enabled: bool = True,
-               warn: Callable[[str], None] | None = None) -> Cache | None:
+               warn: Callable[[str], None] | None = None, max_size: int | None = None) -> Cache | None:
     """The cache for ``method`` in ``folder`` (default: the user cache folder), or None when disabled.
-    ``warn`` receives one-line warnings (a damaged cache file moved aside); default: stderr."""
+    ``warn`` receives one-line warnings (a damaged cache file moved aside); default: stderr.
+    ``max_size``: the cap in bytes (None: $CLUSTERIMG_CACHE_MAX_SIZE or 2 GB; 0: no cap)."""
     if not enabled:
         return None
-    return Cache(folder if folder is not None else default_cache_dir(), method, warn)
+    cache = Cache(folder if folder is not None else default_cache_dir(), method, warn)
+    cache.max_size = max_size
+    return cache

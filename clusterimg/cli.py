@@ -83,8 +83,26 @@ def friendly_errors(fn):
     return wrapper
 
 
+class SizeType(click.ParamType):
+    """A size in bytes: 2G, 500MB, 1.5GiB, 0 (no cap)."""
+
+    name = "size"
+
+    def convert(self, value, param, ctx):
+        from clusterimg.cache_admin import parse_size
+
+        try:
+            return parse_size(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
 def cache_options(command):
-    """--cache-dir and --no-cache, shared by `run` and `threshold`."""
+    """--cache-dir, --no-cache and --cache-max-size, shared by `run` and `threshold`."""
+    command = click.option(
+        "--cache-max-size", type=SizeType(), default=None,
+        help="Cap on the cache's size (e.g. 2G, 500MB, 0 = none); least recently used entries are dropped "
+             "beyond it. [default: $CLUSTERIMG_CACHE_MAX_SIZE, else 2G]")(command)
     command = click.option("--no-cache", is_flag=True, help="Neither read nor write the cache.")(command)
     return click.option(
         "--cache-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
@@ -168,7 +186,8 @@ def main():
 @model_options
 @friendly_errors
 def run(folders, method, cluster, threshold, out, transfer, overwrite, resume, exclude_globs, batch_size, recursive,
-        workers, exhaustive, out_format, as_json, reference, with_report, quiet, cache_dir, no_cache, **options):
+        workers, exhaustive, out_format, as_json, reference, with_report, quiet, cache_dir, no_cache,
+        cache_max_size=None, **options):
     """Cluster the images in FOLDERS (one or more folders, clustered together)
     and write the clusters to an output folder.
 
@@ -210,7 +229,8 @@ def run(folders, method, cluster, threshold, out, transfer, overwrite, resume, e
             result = api.cluster(
                 folders[0] if len(folders) == 1 else folders, method, threshold, cluster=cluster,
                 batch_size=batch_size, recursive=recursive, workers=workers, exhaustive=exhaustive,
-                cache=cache_arg(cache_dir, no_cache), exclude_globs=exclude_globs, progress=bars,
+                cache=cache_arg(cache_dir, no_cache), cache_max_size=cache_max_size, exclude_globs=exclude_globs,
+                progress=bars,
                 reference=reference, warn=warn, **options)
             if not no_cache and not quiet:
                 say(cache_line(result))
@@ -345,7 +365,7 @@ def summary_line(manifest: dict, out: Path | None) -> str:
 @friendly_errors
 @click.pass_context
 def threshold_command(ctx, folder, method, sample_size, seed, recursive, workers, exhaustive, ask, plot,
-                      examples, run_after, quiet, cache_dir, no_cache, **kwargs):
+                      examples, run_after, quiet, cache_dir, no_cache, cache_max_size=None, **kwargs):
     """Find a threshold by looking: score a random sample of FOLDER and show
     what each threshold would do, with a suggestion.
 
@@ -361,7 +381,7 @@ def threshold_command(ctx, folder, method, sample_size, seed, recursive, workers
     interactive = sys.stdin.isatty() if ask is None else ask
     sample = th.score_sample(folder, backend, sample_size, seed, recursive=recursive, workers=workers,
                              exhaustive=exhaustive, cache=cache_arg(cache_dir, no_cache),
-                             bars=tqdm_bars(show_progress(quiet)))
+                             bars=tqdm_bars(show_progress(quiet)), cache_max_size=cache_max_size)
     n = len(sample.paths)
     rows = th.ladder_rows(n, sample.total, sample.i, sample.j, sample.s)
     suggestion = th.suggest(rows, n, default=backend.default_threshold)
@@ -390,10 +410,13 @@ def threshold_command(ctx, folder, method, sample_size, seed, recursive, workers
         click.echo(f"Curve written to {plot}" + (f", borderline pairs to {strip}" if examples else ""))
     command = th.run_command(str(folder), method, chosen, options, recursive=recursive, exhaustive=exhaustive,
                              cache_dir=None if cache_dir is None else str(cache_dir), no_cache=no_cache)
+    if cache_max_size is not None and not no_cache:
+        command += f" --cache-max-size {cache_max_size}"
     if run_after:
         click.echo(f"Running: {command}")
         ctx.invoke(run, folders=(folder,), method=method, threshold=chosen, recursive=recursive, workers=workers,
-                   exhaustive=exhaustive, quiet=quiet, cache_dir=cache_dir, no_cache=no_cache, **options)
+                   exhaustive=exhaustive, quiet=quiet, cache_dir=cache_dir, no_cache=no_cache,
+                   cache_max_size=cache_max_size, **options)
     else:
         click.echo(command)
 
@@ -496,3 +519,83 @@ def undo_command(out, quiet):
     restored = undo(out, bars=tqdm_bars(show_progress(quiet)))
     if not quiet:
         click.echo(f"{restored} files put back where they were.")
+
+
+# -- clusterimg cache info|prune|clear ------------------------------------------------------
+
+cache_dir_option = click.option(
+    "--cache-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+    help=f"The cache folder. [default: ${ENV_VAR}, else $XDG_CACHE_HOME/clusterimg or ~/.cache/clusterimg]")
+
+
+@main.group("cache")
+def cache_group():
+    """Show, prune or clear the cache of features and pair scores."""
+
+
+@cache_group.command("info")
+@cache_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@friendly_errors
+def cache_info_command(cache_dir, as_json):
+    """Where the cache is, how big it is, and what it holds per method."""
+    from clusterimg import cache_admin as ca
+
+    report = ca.info(cache_dir or default_cache_dir())
+    if as_json:
+        click.echo(dumps_json(report))
+        return
+    click.echo(f"Cache: {report['location']}")
+    if not report["exists"]:
+        click.echo("No cache file yet (it is made by the first `clusterimg run` or `threshold`).")
+        return
+    cap = "no cap" if report["max_size"] == 0 else f"cap {ca.format_size(report['max_size'])}"
+    click.echo(f"Size: {ca.format_size(report['bytes_on_disk'])} on disk, {ca.format_size(report['bytes_in_use'])} "
+               f"in use ({cap}; set it with --cache-max-size or ${ca.MAX_SIZE_ENV})")
+    if report["outdated"]:
+        click.echo("Made by another clusterimg version: it is rebuilt by the next run (or `clusterimg cache clear`).")
+        return
+    click.echo(f"Files: {report['files']:,} with features")
+    if not report["methods"]:
+        click.echo("No entries.")
+    for m in report["methods"]:
+        params = ", ".join(f"{k}={v}" for k, v in m["params"].items())
+        note = "" if m["current"] else f"  [clusterimg {m['clusterimg']}: unused, `cache prune` drops it]"
+        click.echo(f"  {m['method']} ({params or 'default'}): {m['features']:,} features "
+                   f"({ca.format_size(m['feature_bytes'])}), {m['scores']:,} pair scores{note}")
+
+
+@cache_group.command("prune")
+@cache_dir_option
+@friendly_errors
+def cache_prune_command(cache_dir):
+    """Drop entries of files that are gone or changed, and of other clusterimg versions."""
+    from clusterimg import cache_admin as ca
+
+    folder = cache_dir or default_cache_dir()
+    n = ca.prune(folder)
+    click.echo(f"Pruned {n['files']:,} gone or changed file(s): {n['features']:,} features and {n['scores']:,} pair "
+               f"scores dropped; {n['other_version_features']:,} features of other clusterimg versions dropped; "
+               f"{ca.format_size(n['bytes_freed'])} freed in {folder}.")
+
+
+@cache_group.command("clear")
+@cache_dir_option
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@friendly_errors
+def cache_clear_command(cache_dir, yes):
+    """Delete the cache file (features and scores are computed again when needed)."""
+    from clusterimg import cache_admin as ca
+
+    folder = cache_dir or default_cache_dir()
+    files = ca.cache_files(folder)
+    if not files:
+        click.echo(f"No cache in {folder}: nothing to clear.")
+        return
+    size = ca.format_size(sum(p.stat().st_size for p in files))
+    if not yes and not click.confirm(f"Delete the cache in {folder} ({size}: {', '.join(p.name for p in files)})?",
+                                     default=False):
+        click.echo("Nothing deleted.")
+        return
+    freed = ca.clear(folder)
+    click.echo(f"Cache cleared: {ca.format_size(freed)} freed in {folder}.")

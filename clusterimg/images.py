@@ -21,10 +21,12 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from clusterimg.errors import ImageReadError
+from clusterimg.formats import EXTENSIONS as _PHONE_AND_CAMERA_EXTENSIONS
+from clusterimg.formats import open_special
 
 IMAGE_EXTENSIONS = frozenset(
     ".jpg .jpeg .jpe .jfif .png .gif .bmp .dib .tif .tiff .webp .ppm .pgm .pbm .pnm .tga .ico".split()
-)
+) | _PHONE_AND_CAMERA_EXTENSIONS  # HEIC/HEIF, AVIF, camera RAW: clusterimg/formats.py
 
 # Refuse images above this many pixels before decoding them (a 16-bit 200 MP
 # image already needs 1.2 GB). Pillow's own guard is set to the same number.
@@ -186,7 +188,8 @@ def load_image(path: str | os.PathLike, max_side: int | None = None, gray: bool 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # EXIF and palette warnings are noise here
-            with Image.open(path) as im:
+            # HEIC/AVIF: registers the opener; camera RAW: decoded there (None otherwise)
+            with open_special(path, max_side, MAX_PIXELS) or Image.open(path) as im:
                 w, h = im.size
                 if w * h > MAX_PIXELS:
                     raise ImageReadError(f"image too large ({w}x{h} pixels, limit {MAX_PIXELS:,})")

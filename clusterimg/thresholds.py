@@ -198,7 +198,7 @@ class SampleScores:
 
 def score_sample(
     root: Path, method: Method, size: int, seed: int, *, recursive: bool = True, workers: int | None = None,
-    exhaustive: bool = False, cache=True, bars=no_bar,
+    exhaustive: bool = False, cache=True, bars=no_bar, cache_max_size: int | None = None,
 ) -> SampleScores:
     """Read a random sample of ``root`` and score its pairs down to the
     lowest threshold of the ladder (the backend's candidate search proposes
@@ -208,7 +208,7 @@ def score_sample(
     if len(paths) < 2:
         raise ClusterimgError(f"{root} holds {len(paths)} image(s): nothing to compare", exit_code=2)
     chosen = sample_paths(paths, size, seed)
-    with api.cache_for(method, cache) as store:
+    with api.cache_for(method, cache, cache_max_size) as store:
         images = api.read_images(method, chosen, roots[0].source, workers=workers or os.cpu_count() or 1,
                                  cache=store, bar=bars("reading sample"))
         scorer = PairScorer(method, images.files, store)

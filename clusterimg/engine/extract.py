@@ -199,6 +199,8 @@ def extract_features(
     what it had read. ``counts`` (optional) receives features_read / features_reused.
     """
     keys = [file_key(f) for f in files] if cache is not None else [None] * len(files)
+    if cache is not None:
+        cache.track(files, keys)  # file identities for `cache prune`, last use for eviction
     stored = cache.get_features(keys) if cache is not None else {}
     results: list = [None] * len(files)
     todo = []
