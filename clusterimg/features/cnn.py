@@ -48,15 +48,14 @@ class CNN(VectorMethod):
     decode_gray = False
     decode_side = None
     options = (
-        Option("model", str, None, "an ONNX model to use instead of EfficientNet-Lite0 (its first output, or "
-                                   "--output-name, is the embedding)"),
-        Option("input_size", int, None, "side of the square images the --model takes [default: from the model]"),
-        Option("mean", str, None, "per-channel mean subtracted for --model: one number or R,G,B in pixel units, "
-                                  "or fractions when all are <= 1 [default: the model's metadata, else ImageNet's]"),
-        Option("std", str, None, "per-channel divisor for --model, like --mean [default: the model's metadata, "
-                                 "else ImageNet's]"),
-        Option("output_name", str, None, "which output of the --model is the embedding [default: the first]"),
-        Option("batch", int, 32, "images per model call"),
+        Option("model", str, None, "cnn: your own ONNX image model instead of EfficientNet-Lite0 (the embedding is "
+                                   "its first output, or --output-name)"),
+        Option("input_size", int, None, "cnn: side of the square images the --model takes (unset: read from the model)"),
+        Option("mean", str, None, "cnn: mean subtracted for --model, one number or R,G,B, in pixel units or as "
+                                  "fractions when all are <= 1 (unset: the model's metadata, else ImageNet's)"),
+        Option("std", str, None, "cnn: divisor for --model, like --mean (unset: the model's metadata, else ImageNet's)"),
+        Option("output_name", str, None, "cnn: which output of the --model is the embedding (unset: the first)"),
+        Option("batch", int, 32, "cnn: images per model call"),
     )
 
     def __init__(self, **values):
