@@ -128,6 +128,15 @@ def test_preprocess_crops_the_centre_of_the_short_side_resize():
     # resized to 256x512, the central 224 columns straddle the edge at column 112
     np.testing.assert_allclose(x[:, :, :100], (0 - 127) / 128, atol=1e-6)
     np.testing.assert_allclose(x[:, :, 124:], (255 - 127) / 128, atol=1e-6)
+    # on a photo: what resizing the whole image and cropping gives, up to rounding
+    rgb = load_image(EXAMPLES / "giraffe.jpg")
+    h, w = rgb.shape[:2]
+    nw, nh = round(w * 256 / min(h, w)), round(h * 256 / min(h, w))
+    full = np.asarray(Image.fromarray(rgb).resize((nw, nh), Image.Resampling.BICUBIC), np.float32)
+    top, left = (nh - 224) // 2, (nw - 224) // 2
+    want = ((full[top : top + 224, left : left + 224] - 127) / 128).transpose(2, 0, 1)
+    got = ef.preprocess(rgb)
+    assert np.abs(got - want).mean() < 2e-3 and np.abs(got - want).max() <= 4 / 128
 
 
 def test_embeddings_are_normalised_deterministic_and_batch_independent():

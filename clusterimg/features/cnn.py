@@ -55,7 +55,7 @@ class CNN(VectorMethod):
                                   "fractions when all are <= 1 (unset: the model's metadata, else ImageNet's)"),
         Option("std", str, None, "cnn: divisor for --model, like --mean (unset: the model's metadata, else ImageNet's)"),
         Option("output_name", str, None, "cnn: which output of the --model is the embedding (unset: the first)"),
-        Option("batch", int, 32, "cnn: images per model call"),
+        Option("batch", int, 16, "cnn: images per model call"),
     )
 
     def __init__(self, **values):
@@ -80,13 +80,18 @@ class CNN(VectorMethod):
         try:
             if p["model"] is None:
                 identity = ef.default_model_id()
+                try:
+                    ef.model_file()  # build it once here, not in every worker at once
+                except ClusterimgError:
+                    pass  # an unwritable cache folder: each process builds it in memory
+                self.input_size = ef.INPUT_SIZE
             else:
                 if not os.path.isfile(p["model"]):
                     raise ClusterimgError(f"model file not found: {p['model']}")
                 identity = ef.file_sha256(p["model"])[:16]
-            # Load the model now, in the main process, so a bad file is a
-            # one-line error before any image is read (and the serial path reuses it).
-            emb = _embedder(self._key())
+                # Load the user's model now, in the main process, so that a bad
+                # file is a one-line error before any image is read.
+                self.input_size = _embedder(self._key()).input_size
         except ClusterimgError as e:
             raise ValueError(str(e))
         except OSError as e:
@@ -94,7 +99,6 @@ class CNN(VectorMethod):
         # The feature cache keys on params: another model file or another
         # weights file never reuses features of this one.
         p["model_sha256"] = identity
-        self.input_size = emb.input_size
 
     def _key(self) -> tuple:
         p = self.params
