@@ -16,7 +16,9 @@ Also the model alone (no decode) in one process, at 1 and ``--workers`` threads.
 Timings include starting the worker processes and loading the model in each
 (the model file is built, if needed, before the clock starts). Peak memory
 is sampled every 50 ms as the sum of the resident sizes of this process and
-its children (psutil).
+its children (psutil), and so is their CPU time: on a busy machine the
+wall-clock rate says little, the CPU time per image (and the rate it implies
+on free cores) still does.
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ class PeakMemory:
         import psutil
 
         self.proc, self.interval, self.peak = psutil.Process(), interval, 0
+        self.cpu: dict[int, float] = {}  # pid -> CPU seconds (user + system) used since it started
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -53,9 +56,16 @@ class PeakMemory:
         for p in [self.proc, *self.proc.children(recursive=True)]:
             try:
                 total += p.memory_info().rss
+                t = p.cpu_times()
+                self.cpu[p.pid] = max(self.cpu.get(p.pid, 0.0), t.user + t.system)
             except psutil.Error:
                 pass
         return total
+
+    def cpu_seconds(self) -> float:
+        """CPU time the process tree used while sampled (this process counted
+        from the start of the sampling)."""
+        return sum(v - self.cpu0.get(pid, 0.0) for pid, v in self.cpu.items())
 
     def _run(self):
         while not self._stop.is_set():
@@ -64,6 +74,7 @@ class PeakMemory:
 
     def __enter__(self):
         self.peak = self._sample()
+        self.cpu0 = dict(self.cpu)
         self._thread.start()
         return self
 
@@ -143,7 +154,7 @@ def main() -> None:
             seconds = time.perf_counter() - t
         print(f"chunks: decode + extract_many, {args.workers} workers x 1 thread, chunk {args.chunk}: "
               f"{done} images in {seconds:.1f} s = {done / seconds:.1f} images/s; "
-              f"peak memory (process tree) {mem.peak / 2**20:.0f} MiB")
+              f"peak memory (process tree) {mem.peak / 2**20:.0f} MiB; {cpu_line(mem, done, args.workers)}")
     if args.mode in ("engine", "both"):
         with PeakMemory() as mem:
             t = time.perf_counter()
@@ -152,7 +163,15 @@ def main() -> None:
         done = sum(r[0] is not None for r in results)
         print(f"engine: extract_features as in this checkout, {args.workers} workers: {done} images in "
               f"{seconds:.1f} s = {done / seconds:.1f} images/s; peak memory (process tree) "
-              f"{mem.peak / 2**20:.0f} MiB")
+              f"{mem.peak / 2**20:.0f} MiB; {cpu_line(mem, done, args.workers)}")
+
+
+def cpu_line(mem: PeakMemory, done: int, workers: int) -> str:
+    """CPU time of the process tree: what the run costs whatever else the
+    machine is doing, and the rate it gives when the cores are free for it."""
+    cpu = mem.cpu_seconds()
+    return (f"CPU time {cpu:.1f} s = {1000 * cpu / max(done, 1):.1f} ms per image "
+            f"(-> {workers * done / max(cpu, 1e-9):.0f} images/s on {workers} free cores)")
 
 
 if __name__ == "__main__":
