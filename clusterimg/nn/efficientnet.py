@@ -302,7 +302,10 @@ def preprocess(rgb: np.ndarray, size: int = INPUT_SIZE, resize_side: int | None 
     sx, sy = w / nw, h / nh
     box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
     im = Image.fromarray(np.ascontiguousarray(rgb[:, :, :3]))
-    crop = np.asarray(im.resize((size, size), Image.Resampling.BICUBIC, box=box), dtype=np.float32)
+    # reducing_gap: a big image is first box-reduced by an integer factor (at
+    # least 3x the final scale remains for the bicubic filter): much faster, same look
+    crop = np.asarray(im.resize((size, size), Image.Resampling.BICUBIC, box=box, reducing_gap=3.0),
+                      dtype=np.float32)
     out = (crop - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return np.ascontiguousarray(out.transpose(2, 0, 1))
 
