@@ -109,6 +109,15 @@ def test_model_file_is_built_once_and_named_by_the_weights(model_dir):
     assert [p.name for p in model_dir.iterdir()] == [path.name]  # no temporary files left over
 
 
+def test_a_damaged_cached_model_file_is_built_again(tmp_path, embedder):
+    path = ef.model_file(tmp_path)
+    path.write_bytes(path.read_bytes()[:1000])
+    rebuilt = ef.Embedder.default(tmp_path)
+    x = np.zeros((1, 3, 224, 224), np.float32)
+    np.testing.assert_array_equal(rebuilt.embed(x), embedder.embed(x))
+    assert path.stat().st_size > 10_000_000
+
+
 def test_missing_weights_package_is_a_one_line_error(monkeypatch):
     import importlib.util
 

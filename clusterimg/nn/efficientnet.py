@@ -394,14 +394,26 @@ class Embedder:
     def default(cls, cache_dir: str | os.PathLike | None = None, threads: int = 1) -> "Embedder":
         """EfficientNet-Lite0 (built and cached on first use; built in memory
         when the cache folder cannot be written)."""
-        try:
-            source: Path | bytes = model_file(cache_dir)
-        except ClusterimgError:
-            from clusterimg.nn.torch_weights import load_torch_state_dict
+        from clusterimg.nn.torch_weights import load_torch_state_dict
 
-            source = build_onnx(load_torch_state_dict(weights_path())).SerializeToString()
-        return cls(source, input_size=INPUT_SIZE, mean=MEAN, std=STD, output_name="embedding",
-                   resize_side=RESIZE_SIDE, threads=threads, label="EfficientNet-Lite0")
+        def make(source):
+            return cls(source, input_size=INPUT_SIZE, mean=MEAN, std=STD, output_name="embedding",
+                       resize_side=RESIZE_SIDE, threads=threads, label="EfficientNet-Lite0")
+
+        try:
+            path = model_file(cache_dir)
+        except ClusterimgError:
+            weights_path()  # a missing package is the error to show
+            return make(build_onnx(load_torch_state_dict(weights_path())).SerializeToString())
+        try:
+            return make(path)
+        except ClusterimgError:
+            # the cached file was damaged after it was written: build it again
+            try:
+                path.unlink()
+                return make(model_file(cache_dir))
+            except (OSError, ClusterimgError):
+                return make(build_onnx(load_torch_state_dict(weights_path())).SerializeToString())
 
     @classmethod
     def from_onnx(cls, path: str | os.PathLike, input_size: int | None = None, mean=None, std=None,
