@@ -11,7 +11,8 @@ Modes (``--mode``, default both):
   (``extract_many``), 1 onnxruntime thread per worker;
 - ``engine``: ``clusterimg.engine.extract.extract_features`` as it is in
   this checkout (whatever it calls per file or per chunk).
-Also the model alone (no decode) in one process, at 1 and ``--workers`` threads.
+Also the model alone (no decode) in one process, at 1 and ``--workers`` threads,
+and the CPU time per image of each stage (decode, preprocess, model) on 200 images.
 
 Timings include starting the worker processes and loading the model in each
 (the model file is built, if needed, before the clock starts). Peak memory
@@ -124,13 +125,36 @@ def model_alone(method, threads: int, n: int = 256, batch: int = 32) -> float:
     return (n // batch) * batch / (time.perf_counter() - t)
 
 
+def stage_profile(method, files, batch: int = 8) -> str:
+    """CPU milliseconds per image of each stage, in this process, one thread."""
+    from clusterimg.nn.efficientnet import Embedder
+
+    emb = Embedder.default(threads=1)
+    emb.embed(np.zeros((batch, 3, emb.input_size, emb.input_size), np.float32))  # warm-up
+    t = time.process_time()
+    images = [method.decode(f) for f in files]
+    decode = time.process_time() - t
+    t = time.process_time()
+    inputs = [emb.preprocess(im) for im in images]
+    prep = time.process_time() - t
+    t = time.process_time()
+    for start in range(0, len(inputs), batch):
+        emb.embed(np.stack(inputs[start : start + batch]))
+    model = time.process_time() - t
+    n = len(files)
+    return (f"CPU per image over {n} images, one process, 1 thread: decode {1000 * decode / n:.1f} ms, "
+            f"preprocess {1000 * prep / n:.1f} ms, model (batch {batch}) {1000 * model / n:.1f} ms, "
+            f"total {1000 * (decode + prep + model) / n:.1f} ms")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folder", type=Path)
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--chunk", type=int, default=32, help="files per worker task (chunks mode)")
-    ap.add_argument("--mode", choices=["chunks", "engine", "both"], default="both")
+    ap.add_argument("--mode", choices=["chunks", "engine", "both", "profile"], default="both",
+                    help="profile: only the model-alone rates and the CPU time per stage")
     args = ap.parse_args()
 
     files = [str(args.folder / f) for f in discover(args.folder)[0][: args.images]]
@@ -147,6 +171,7 @@ def main() -> None:
     for threads in sorted({1, args.workers}):
         print(f"model alone (no decode), batch 32, {threads} thread(s): {model_alone(method, threads):.0f} images/s")
 
+    print(stage_profile(method, files[:200]))
     if args.mode in ("chunks", "both"):
         with PeakMemory() as mem:
             t = time.perf_counter()
