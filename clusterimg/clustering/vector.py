@@ -21,7 +21,7 @@ MODELS = ("kmeans", "agglomerative", "dbscan", "hdbscan", "gmm")
 LINKAGES = ("ward", "average", "complete", "single")
 DEFAULT_PCA = 64  # dimensions kept before clustering (tringn: 2048 -> 50)
 DEFAULT_MIN_SAMPLES = 5
-KMEANS_INITS = 5  # k-means++ restarts; the best inertia is kept
+KMEANS_INITS = 3  # k-means++ restarts; the best inertia is kept
 
 
 def l2_normalize(X: np.ndarray) -> np.ndarray:
@@ -155,7 +155,8 @@ def _fit(X, model, k, eps, ms, linkage, seed) -> np.ndarray:
 
         if n <= 2:
             return np.zeros(n, dtype=np.int64)
-        labels = HDBSCAN(min_cluster_size=max(2, ms), copy=True).fit_predict(l2_normalize(X))
+        size = min(max(2, ms), n)  # HDBSCAN refuses a cluster size above the number of rows
+        labels = HDBSCAN(min_cluster_size=size, copy=True).fit_predict(l2_normalize(X))
     else:  # gmm
         from sklearn.mixture import GaussianMixture
 
