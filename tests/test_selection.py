@@ -21,6 +21,8 @@ def test_finds_five_blobs():
     for key in ("silhouette", "calinski_harabasz", "davies_bouldin", "reference_silhouette", "gap"):
         assert key in chosen[0]
     json.dumps(s.to_json())  # the manifest entry is plain JSON
+    lines = s.lines()
+    assert len(lines) == len(s.table) + 1 and sum("<- chosen" in line for line in lines) == 1
 
 
 def test_elongated_cloud_with_classes_is_not_cut_in_two():

@@ -21,7 +21,7 @@ structureless cloud of the same shape by.
    mixture) are compared by silhouette; the highest wins.
 4. HDBSCAN and DBSCAN find their own k; their score is their silhouette with
    noise points counted as 0, minus the reference's at their k, and one wins
-   only if that beats the smoothed gap at k*.
+   only if that beats the gap of step 3's winner.
 
 Measured in benchmarks/semantic.py: every model at the true k on three
 labelled sets (tuxpaint stamps, fashion-mnist, sklearn digits) with CNN, HOG
@@ -42,7 +42,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from clusterimg.clustering.vector import (
-    DEFAULT_PCA, MODELS, default_eps, fit_model, l2_normalize, linkage_tree, cut_tree, prepare,
+    DEFAULT_PCA, MODELS, fit_model, l2_normalize, linkage_tree, cut_tree, prepare,
     relabel, representatives, single_thread)
 
 METRIC_SAMPLE = 1000  # silhouettes etc. on at most this many vectors (a fixed seeded sample)
@@ -61,6 +61,20 @@ class Selection:
     labels: np.ndarray  # per row, -1 = noise; renumbered (0 = largest)
     chosen: dict  # {"model", "params", "k"} of the winner
     table: list[dict] = field(default_factory=list)  # every candidate with its metrics
+
+    def lines(self) -> list[str]:
+        """The candidates as a text table (for --verbose), the chosen one starred."""
+        out = [f"{'model':34s} {'k':>3s} {'silhouette':>10s} {'reference':>9s} {'gap':>7s} {'smoothed':>8s} "
+               f"{'CH':>9s} {'DB':>6s} {'noise':>5s}"]
+        fmt = lambda v, spec: format(v, spec) if v is not None else "-"
+        for row in self.table:
+            params = ",".join(f"{k}={v}" for k, v in row["params"].items() if k != "k")
+            name = row["model"] + (f"({params})" if params else "")
+            out.append(f"{name:34s} {row['k']:3d} {row['silhouette']:10.3f} {fmt(row['reference_silhouette'], '9.3f'):>9s} "
+                       f"{fmt(row['gap'], '7.3f'):>7s} {fmt(row.get('smoothed_gap'), '8.3f'):>8s} "
+                       f"{fmt(row['calinski_harabasz'], '9.1f'):>9s} {fmt(row['davies_bouldin'], '6.2f'):>6s} "
+                       f"{row['noise']:5.2f}" + ("  <- chosen" if row["chosen"] else ""))
+        return out
 
     def to_json(self) -> dict:
         """The manifest's "model_selection" entry (plain JSON types)."""
@@ -271,8 +285,10 @@ def _select(X, models, ks, k_min, k_max, pca, seed) -> Selection:
                 kf = len(np.unique(labels[labels >= 0]))
                 ref = ref_sil.get(min(max(kf, k_min), k_max)) if sweep_rows else 0.0
                 row = add(model, params, labels, ref)
-                if kf >= 2 and (winner is None or row["gap"] > best_gap):
-                    winner, best_gap = (row, labels), row["gap"]
+                # Raw gap against the k-model winner's raw gap (not the smoothed one,
+                # which is lower at a peak): a density model must do strictly better.
+                if kf >= 2 and (winner is None or row["gap"] > winner[0]["gap"] + 1e-9):
+                    winner = (row, labels)
 
     if winner is None:
         labels = np.zeros(n, dtype=np.int64)

@@ -1,8 +1,9 @@
 """Clustering models for vector features (CNN embeddings, pixels, HOG, ...).
 
 Pure functions on an (n, d) float matrix, one row per image; scikit-learn
-does the fitting (imported lazily, so the near-duplicate backends never pay
-for it). Everything is deterministic: every randomised step takes ``seed``,
+does the fitting and scipy builds the merge trees of agglomerative
+clustering (both imported lazily, so the near-duplicate backends never pay
+for them). Everything is deterministic: every randomised step takes ``seed``,
 and labels are renumbered canonically (largest cluster 0, ties by first
 member), so the same vectors and options always give the same labels.
 Label -1 marks noise / outliers (DBSCAN and HDBSCAN).

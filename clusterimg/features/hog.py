@@ -27,8 +27,8 @@ class HOG(VectorMethod):
     default_threshold = 0.9
     decode_gray = True
     options = (
-        Option("size", int, 64, "side of the grey thumbnail the gradients are taken on (a multiple of 8)"),
-        Option("orientations", int, 9, "orientation bins per cell"),
+        Option("size", int, 64, "thumbnail side in pixels (hog: a multiple of 8)"),
+        Option("orientations", int, 9, "hog: orientation bins per cell"),
     )
 
     def check_params(self) -> None:

@@ -23,8 +23,8 @@ class Pixels(VectorMethod):
     # the vector clustering models, not the pair threshold).
     default_threshold = 0.98
     options = (
-        Option("size", int, 32, "side of the square thumbnail whose pixels are the vector"),
-        Option("color", str, "rgb", "rgb: three channels; gray: one", choices=("rgb", "gray")),
+        Option("size", int, 32, "thumbnail side in pixels"),
+        Option("color", str, "rgb", "pixels: rgb (three values per pixel) or gray (one)", choices=("rgb", "gray")),
     )
 
     def check_params(self) -> None:
