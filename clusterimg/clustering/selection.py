@@ -336,7 +336,8 @@ def cluster_in_batches(X: np.ndarray, batch_size: int,
     reps: list[int] = []
     for start in range(0, n, batch_size):
         idx = np.arange(start, min(start + batch_size, n))
-        labels = _labels_of(select_fn(X[idx]))
+        # A batch too small to cluster (a short last batch) sends every row to the merge.
+        labels = _labels_of(select_fn(X[idx])) if len(idx) >= 4 else np.full(len(idx), -1)
         for label, rep in sorted(representatives(X[idx], labels).items()):
             units.append(idx[labels == label])
             reps.append(int(idx[rep]))
