@@ -179,6 +179,10 @@ def main():
 @click.option("--reference", type=click.Path(path_type=Path, file_okay=False), multiple=True,
               help="A folder clustered with the inputs whose images are preferred as representatives and are "
                    "never moved (a move copies them) or deduplicated. Repeatable.")
+@click.option("--plot", "with_plots", is_flag=True,
+              help="Vector methods: also write OUT/map.png (t-SNE map coloured by cluster) and, with model "
+                   "selection, OUT/selection.png (needs `pip install 'clusterimg[plot]'`).")
+@click.option("--verbose", "-v", is_flag=True, help="Print the model-selection table of the vector models.")
 @click.option("--report", "with_report", is_flag=True,
               help="Also write OUT/report.html (see `clusterimg report`).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars and no summary.")
@@ -186,8 +190,8 @@ def main():
 @model_options
 @friendly_errors
 def run(folders, method, cluster, threshold, out, transfer, overwrite, resume, exclude_globs, batch_size, recursive,
-        workers, exhaustive, out_format, as_json, reference, with_report, quiet, cache_dir, no_cache,
-        cache_max_size=None, **options):
+        workers, exhaustive, out_format, as_json, reference, with_plots, verbose, with_report, quiet, cache_dir,
+        no_cache, cache_max_size=None, **options):
     """Cluster the images in FOLDERS (one or more folders, clustered together)
     and write the clusters to an output folder.
 
@@ -197,8 +201,13 @@ def run(folders, method, cluster, threshold, out, transfer, overwrite, resume, e
     check_options(method, cluster, options)
     backend, model = api.configure(method, cluster, **options)
     out_format = out_format or ("json" if as_json else None)
+    if with_plots:
+        if backend.kind != "vector":
+            raise click.UsageError(f"--plot draws maps of vector methods; {method} compares pairs "
+                                   "(see `clusterimg threshold --plot`)")
+        th.require_matplotlib()  # before the work, not after
     # A pipe (`--transfer none --json | jq`) writes nothing, so it can run again.
-    to_disk = not (transfer == "none" and out_format and out is None) or with_report
+    to_disk = not (transfer == "none" and out_format and out is None) or with_report or with_plots
     if out is None:
         if len(folders) > 1 or reference:
             raise click.UsageError("several input folders (or --reference) need --out")
@@ -231,9 +240,18 @@ def run(folders, method, cluster, threshold, out, transfer, overwrite, resume, e
                 batch_size=batch_size, recursive=recursive, workers=workers, exhaustive=exhaustive,
                 cache=cache_arg(cache_dir, no_cache), cache_max_size=cache_max_size, exclude_globs=exclude_globs,
                 progress=bars,
-                reference=reference, warn=warn, **options)
+                reference=reference, warn=warn, keep_features=with_plots, **options)
             if not no_cache and not quiet:
                 say(cache_line(result))
+            if verbose and "model_selection" in result.clustering:
+                from clusterimg.clustering.selection import Selection
+
+                chosen = result.clustering["model_selection"]
+                for line in Selection(None, chosen["chosen"], chosen["candidates"]).lines():
+                    say(line)
+            if with_plots:
+                for page in draw_plots(result, backend, target.out):
+                    say(f"Plot written to {page}")
             manifest = result.manifest(transfer)
             if target is not None:
                 if transfer != "none":
@@ -278,6 +296,25 @@ def interrupt_message(state: str | None, out: Path | None, no_cache: bool) -> st
     if no_cache:
         return "Interrupted. Nothing was kept (--no-cache): a new run starts from the beginning."
     return "Interrupted. Run the same command again to resume: what was read so far is in the cache."
+
+
+def draw_plots(result, backend, out: Path) -> list[Path]:
+    """OUT/map.png (every image read, coloured by cluster) and, when a model
+    was selected, OUT/selection.png."""
+    import numpy as np
+
+    from clusterimg import maps
+
+    paths = sorted(result.features)
+    label_of = {m: k for k, c in enumerate(result.clusters) for m in c.members}
+    labels = np.array([label_of.get(p, -1) for p in paths])
+    X = backend.vectors([result.features[p] for p in paths])
+    written = [maps.plot_map(out / "map.png", X, labels, thumbs=[result.source(p) for p in paths],
+                             title=f"{result.method}: {len(result.clusters)} clusters")]
+    selection = result.clustering.get("model_selection")
+    if selection:
+        written.append(maps.plot_selection(out / "selection.png", selection["candidates"], selection["chosen"]))
+    return written
 
 
 def plural(n: int, word: str, words: str | None = None) -> str:
@@ -435,13 +472,24 @@ def show_pairs(folder: Path, threshold: float, above, below) -> None:
 
 @main.command("methods")
 def methods_command():
-    """List the similarity backends, what each is good at, and their options."""
+    """List the feature backends and clustering models, what each is good at, and their options."""
+    click.echo("Feature backends (--method):\n")
     for name, cls in available().items():
         click.echo(f"{name:8s} {cls.summary}")
-        click.echo(f"{'':8s} default threshold {cls.default_threshold:g}")
+        if cls.kind == "vector":
+            click.echo(f"{'':8s} one vector per image; default --cluster auto (--cluster graph: threshold "
+                       f"{cls.default_threshold:g} on cosine similarity)")
+        else:
+            click.echo(f"{'':8s} default threshold {cls.default_threshold:g}")
         for opt in cls.options:
             click.echo(f"{'':8s} {opt.flag} (default {opt.default}): {opt.help}")
         click.echo()
+    click.echo("Clustering models (--cluster):\n")
+    for name, cls in available_clusterers().items():
+        click.echo(f"{name:14s} {cls.summary}" + ("" if cls.needs == "vector" else "  [any method]"))
+    options = {o.name: o for cls in available_clusterers().values() for o in cls.options}
+    for opt in options.values():
+        click.echo(f"{'':14s} {opt.flag} (default {opt.default}): {opt.help}")
 
 
 # -- report, dedupe, undo (self-contained block) -------------------------------------
@@ -599,3 +647,27 @@ def cache_clear_command(cache_dir, yes):
         return
     freed = ca.clear(folder)
     click.echo(f"Cache cleared: {ca.format_size(freed)} freed in {folder}.")
+
+
+# -- evaluate: score a manifest against class labels (self-contained block) --
+@main.command("evaluate")
+@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--truth", required=True, type=click.Path(path_type=Path),
+              help="A folder of class sub-folders, or a truth.json (../shared/bench's format).")
+@click.option("--match", type=click.Choice(["auto", "path", "name"]), default="auto", show_default=True,
+              help="Match images by relative path or by file name (auto: whichever finds more).")
+@click.option("--json", "as_json", is_flag=True, help="Print the scores as one JSON object.")
+@friendly_errors
+def evaluate_command(manifest, truth, match, as_json):
+    """Score a clusters.json against known classes: ARI, NMI, pairwise
+    precision/recall/F1, purity, best-match F1 per class. Outliers, skipped
+    and missing images count as singletons."""
+    from clusterimg import evaluate as ev
+
+    labels = ev.load_truth(truth)
+    metrics = ev.evaluate(ev.load_manifest(manifest), labels, match=match)
+    if as_json:
+        click.echo(dumps_json(metrics))
+    else:
+        for line in ev.format_table(metrics):
+            click.echo(line)

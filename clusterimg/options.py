@@ -50,7 +50,7 @@ class Configurable:
             name: (values[name] if values.get(name) is not None else opt.default) for name, opt in known.items()
         }
         for name, opt in known.items():
-            if opt.choices is not None and self.params[name] not in opt.choices:
+            if opt.choices is not None and self.params[name] is not None and self.params[name] not in opt.choices:
                 raise ValueError(f"{opt.flag} must be one of {', '.join(opt.choices)}")
         self.check_params()
 

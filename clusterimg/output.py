@@ -102,7 +102,9 @@ def build_manifest(result: Result, *, transfer: str) -> dict[str, Any]:
         "params": result.params,
     }
     if result.clustering:
-        manifest["clustering"] = result.clustering
+        manifest["clustering"] = {k: v for k, v in result.clustering.items() if k != "model_selection"}
+        if "model_selection" in result.clustering:  # the candidates tried and the one chosen
+            manifest["model_selection"] = result.clustering["model_selection"]
     manifest.update({
         "input": result.input_arg,
         **roots_entry(result),

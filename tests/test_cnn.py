@@ -279,8 +279,9 @@ def test_run_with_cnn_end_to_end(tmp_path):
     folder.mkdir()
     for name in ("polar_bear.jpg", "polar_bear_mirror.jpg", "panda.jpg", "petra.jpg", "orchestra.jpg"):
         shutil.copy(EXAMPLES / name, folder / name)
-    result = CliRunner().invoke(main, ["run", str(folder), "--method", "cnn", "--transfer", "none",
-                                       "--out", str(tmp_path / "out"), "--quiet"])
+    # a threshold on the cosine similarity of the embeddings: copies join, different subjects do not
+    result = CliRunner().invoke(main, ["run", str(folder), "--method", "cnn", "--cluster", "graph",
+                                       "--transfer", "none", "--out", str(tmp_path / "out"), "--quiet"])
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "out" / "clusters.json").read_text())
     clusters = [sorted(m["path"] for m in c["members"]) for c in manifest["clusters"]]
@@ -288,3 +289,25 @@ def test_run_with_cnn_end_to_end(tmp_path):
     assert sorted(listed) == sorted(p.name for p in folder.iterdir())
     assert any({"polar_bear.jpg", "polar_bear_mirror.jpg"} <= set(c) for c in clusters)
     assert not any({"petra.jpg", "orchestra.jpg"} <= set(c) for c in clusters)
+
+
+ANIMALS = ("bison", "giraffe", "koala", "panda", "polar_bear", "sheep")
+MONUMENTS = ("charminar", "fortSumter", "lincolnMemorial", "mysorePalace", "petra", "wormsCathedral")
+
+
+def test_run_with_cnn_and_automatic_model_selection_separates_animals_from_monuments(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ANIMALS + MONUMENTS:
+        shutil.copy(EXAMPLES / f"{name}.jpg", folder / f"{name}.jpg")
+    result = CliRunner().invoke(main, ["run", str(folder), "--method", "cnn", "--transfer", "none",
+                                       "--out", str(tmp_path / "out"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "out" / "clusters.json").read_text())
+    assert manifest["clustering"]["model"] == "auto" and manifest["threshold"] is None
+    assert manifest["model_selection"]["candidates"] and manifest["model_selection"]["chosen"]
+    kinds = [{("animal" if m["path"][:-4] in ANIMALS else "monument") for m in c["members"]}
+             for c in manifest["clusters"]]
+    assert kinds and all(len(k) == 1 for k in kinds)  # no cluster mixes animals and monuments
+    biggest = max(manifest["clusters"], key=lambda c: len(c["members"]))
+    assert len(biggest["members"]) >= 4
