@@ -153,7 +153,7 @@ class ClusterModel:
             ready["known"] = _normalise(self.backend.vectors([self.features[p] for p in known]))
             ready["known_owner"] = np.concatenate([owner, np.full(len(self.outliers), -1, np.int64)])
             if self.rule["name"] == "centroid":
-                ready["centroids"] = np.stack([centroid_of(ready["known"][owner == c.id]) for c in self.clusters]) \
+                ready["centroids"] = np.stack([centroid_of(ready["known"][: len(paths)][owner == c.id]) for c in self.clusters]) \
                     if self.clusters else np.zeros((0, ready["known"].shape[1]), np.float32)
                 ready["radius"] = np.array([c.radius for c in self.clusters], dtype=np.float64)
             elif self.rule["name"] == "dbscan":
