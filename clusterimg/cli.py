@@ -464,3 +464,29 @@ def serve_command(model_path, host, port, key, no_key, workers, max_body_mb, max
     click.echo(f"Serving {model_path} ({model.method_name}, {len(model.clusters)} clusters) on http://{host}:{port} "
                f"with {workers} worker(s); {'no key' if key is None else 'key required'}", err=True)
     http.serve(str(model_path.resolve()), host=host, port=port, key=key, workers=workers, debug=debug, limits=limits)
+
+
+# -- evaluate: score a manifest against class labels (self-contained block) --
+@main.command("evaluate")
+@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--truth", required=True, type=click.Path(path_type=Path),
+              help="A folder of class sub-folders, or a truth.json (../shared/bench's format).")
+@click.option("--match", type=click.Choice(["auto", "path", "name"]), default="auto", show_default=True,
+              help="Match images by relative path or by file name (auto: whichever finds more).")
+@click.option("--json", "as_json", is_flag=True, help="Print the scores as one JSON object.")
+@friendly_errors
+def evaluate_command(manifest, truth, match, as_json):
+    """Score a clusters.json against known classes: ARI, NMI, pairwise
+    precision/recall/F1, purity, best-match F1 per class. Outliers, skipped
+    and missing images count as singletons."""
+    import json as json_module
+
+    from clusterimg import evaluate as ev
+
+    labels = ev.load_truth(truth)
+    metrics = ev.evaluate(ev.load_manifest(manifest), labels, match=match)
+    if as_json:
+        click.echo(json_module.dumps(metrics, indent=1))
+    else:
+        for line in ev.format_table(metrics):
+            click.echo(line)

@@ -1,0 +1,165 @@
+"""Clustering models for vector features (CNN embeddings, pixels, HOG, ...).
+
+Pure functions on an (n, d) float matrix, one row per image; scikit-learn
+does the fitting (imported lazily, so the near-duplicate backends never pay
+for it). Everything is deterministic: every randomised step takes ``seed``,
+and labels are renumbered canonically (largest cluster 0, ties by first
+member), so the same vectors and options always give the same labels.
+Label -1 marks noise / outliers (DBSCAN and HDBSCAN).
+
+Geometry: the vectors are compared by cosine. :func:`prepare` L2-normalises
+the rows, reduces them with PCA (:func:`reduce`) and normalises again, so
+Euclidean distances between prepared rows order pairs like cosine distances;
+``ward`` (which needs Euclidean distances) works on those, and average /
+complete / single linkage and DBSCAN use the cosine distance directly.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+MODELS = ("kmeans", "agglomerative", "dbscan", "hdbscan", "gmm")
+LINKAGES = ("ward", "average", "complete", "single")
+DEFAULT_PCA = 64  # dimensions kept before clustering (tringn: 2048 -> 50)
+DEFAULT_MIN_SAMPLES = 5
+KMEANS_INITS = 5  # k-means++ restarts; the best inertia is kept
+
+
+def l2_normalize(X: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (all-zero rows stay zero), as float64."""
+    X = np.asarray(X, dtype=np.float64)
+    if X.size == 0:
+        return X.reshape(len(X), -1)
+    norms = np.linalg.norm(X, axis=1, keepdims=True)
+    return X / np.maximum(norms, 1e-12)
+
+
+def reduce(X: np.ndarray, pca: int | None = DEFAULT_PCA, seed: int = 0) -> np.ndarray:
+    """PCA of the rows to ``pca`` dimensions (float64). Returned unchanged
+    (as float64) when ``pca`` is None or 0 or the data has no more dimensions
+    than that; fewer components when there are fewer rows than ``pca``."""
+    X = np.asarray(X, dtype=np.float64)
+    n, d = X.shape if X.ndim == 2 else (len(X), 0)
+    if not pca or d <= pca or n < 3:
+        return X
+    from sklearn.decomposition import PCA
+
+    components = min(pca, n - 1, d)
+    # Exact SVD for modest matrices (no randomness at all); the seeded
+    # randomised solver only for big ones, where the full SVD gets slow.
+    solver = "full" if n * d <= 4_000_000 else "randomized"
+    return PCA(n_components=components, svd_solver=solver, random_state=seed).fit_transform(X)
+
+
+def prepare(X: np.ndarray, pca: int | None = DEFAULT_PCA, seed: int = 0) -> np.ndarray:
+    """What the models cluster: rows L2-normalised, PCA-reduced, normalised again."""
+    return l2_normalize(reduce(l2_normalize(X), pca, seed))
+
+
+def relabel(labels: np.ndarray) -> np.ndarray:
+    """Canonical labels: 0 the largest cluster, then by size, ties by the
+    first member's index; -1 (noise) stays -1."""
+    labels = np.asarray(labels, dtype=np.int64)
+    out = np.full(len(labels), -1, dtype=np.int64)
+    kept = np.unique(labels[labels >= 0])
+    order = sorted(kept, key=lambda c: (-int(np.sum(labels == c)), int(np.argmax(labels == c))))
+    for new, old in enumerate(order):
+        out[labels == old] = new
+    return out
+
+
+def default_eps(X: np.ndarray, min_samples: int) -> float:
+    """DBSCAN radius when none is given: the median cosine distance of each
+    vector to its ``min_samples``-th nearest neighbour (the knee a k-distance
+    plot is usually read at, taken at its middle)."""
+    Xn = l2_normalize(X)
+    dist = np.clip(1.0 - Xn @ Xn.T, 0.0, 2.0)
+    kth = min(min_samples, len(Xn) - 1)
+    return float(np.median(np.sort(dist, axis=1)[:, kth])) if kth > 0 else 0.5
+
+
+def fit_model(X: np.ndarray, model: str, *, k: int | None = None, eps: float | None = None,
+              min_samples: int | None = None, linkage: str | None = None, seed: int = 0) -> np.ndarray:
+    """Cluster labels (int64, -1 = noise) of the rows of ``X`` with one model.
+
+    - ``kmeans``: k clusters (k-means++, KMEANS_INITS restarts, seeded).
+    - ``agglomerative``: ``linkage`` ward (default; Euclidean, so give it
+      :func:`prepare`d rows) or average / complete / single on cosine
+      distances; k clusters, or, with ``eps`` instead of ``k``, cut where the
+      merge distance passes ``eps``.
+    - ``dbscan``: cosine distance, radius ``eps`` (default :func:`default_eps`),
+      ``min_samples`` (default 5) neighbours make a core point.
+    - ``hdbscan``: smallest cluster ``min_samples`` (default 5), on the
+      L2-normalised rows.
+    - ``gmm``: k Gaussian components with diagonal covariances (seeded).
+
+    ``k`` larger than the number of rows is lowered to it. Raises ValueError
+    with a user-facing message for an unknown model or a missing/bad parameter.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    n = len(X)
+    if model not in MODELS:
+        raise ValueError(f"unknown clustering model {model!r} (choose from {', '.join(MODELS)})")
+    if linkage is not None and linkage not in LINKAGES:
+        raise ValueError(f"unknown linkage {linkage!r} (choose from {', '.join(LINKAGES)})")
+    if k is not None and k < 1:
+        raise ValueError("--k must be at least 1")
+    if eps is not None and eps <= 0:
+        raise ValueError("--eps must be above 0")
+    if min_samples is not None and min_samples < 1:
+        raise ValueError("--min-samples must be at least 1")
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    if n == 1:
+        return np.zeros(1, dtype=np.int64)
+    if k is not None:
+        k = min(k, n)
+    needs_k = model in ("kmeans", "gmm") or (model == "agglomerative" and eps is None)
+    if needs_k and k is None:
+        raise ValueError(f"{model} needs --k (the number of clusters)" +
+                         (" or --eps (a distance threshold)" if model == "agglomerative" else ""))
+    ms = DEFAULT_MIN_SAMPLES if min_samples is None else min_samples
+
+    if model == "kmeans":
+        from sklearn.cluster import KMeans
+
+        labels = KMeans(n_clusters=k, n_init=KMEANS_INITS, random_state=seed).fit_predict(X)
+    elif model == "agglomerative":
+        from sklearn.cluster import AgglomerativeClustering
+
+        link = linkage or "ward"
+        kwargs = {"n_clusters": k} if k is not None else {"n_clusters": None, "distance_threshold": eps}
+        if link == "ward":
+            labels = AgglomerativeClustering(linkage="ward", **kwargs).fit_predict(X)
+        else:
+            labels = AgglomerativeClustering(linkage=link, metric="cosine", **kwargs).fit_predict(l2_normalize(X))
+    elif model == "dbscan":
+        from sklearn.cluster import DBSCAN
+
+        radius = default_eps(X, ms) if eps is None else eps
+        labels = DBSCAN(eps=radius, min_samples=ms, metric="cosine").fit_predict(l2_normalize(X))
+    elif model == "hdbscan":
+        from sklearn.cluster import HDBSCAN
+
+        if n <= 2:
+            return np.zeros(n, dtype=np.int64)
+        labels = HDBSCAN(min_cluster_size=max(2, ms), copy=True).fit_predict(l2_normalize(X))
+    else:  # gmm
+        from sklearn.mixture import GaussianMixture
+
+        labels = GaussianMixture(n_components=k, covariance_type="diag", reg_covar=1e-4,
+                                 random_state=seed).fit(X).predict(X)
+    return relabel(labels)
+
+
+def representatives(X: np.ndarray, labels: np.ndarray) -> dict[int, int]:
+    """For each cluster (label >= 0), the row index of the member nearest its
+    centroid by cosine (ties: the lowest index). Noise (-1) has none."""
+    Xn = l2_normalize(X)
+    labels = np.asarray(labels)
+    reps: dict[int, int] = {}
+    for label in np.unique(labels[labels >= 0]):
+        members = np.flatnonzero(labels == label)
+        centroid = Xn[members].mean(axis=0)
+        sims = Xn[members] @ centroid
+        reps[int(label)] = int(members[int(np.argmax(sims))])
+    return reps
