@@ -154,6 +154,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train", type=Path, default=ROOT / "examples")
     ap.add_argument("--method", default="phash")
+    ap.add_argument("--cluster", default=None, help="clustering model of the fit (default: the method's)")
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--workers", type=int, default=1)
@@ -161,7 +162,7 @@ def main() -> None:
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="serve_load_"))
-    model = fit(args.train, args.method, cache=False)
+    model = fit(args.train, args.method, cluster=args.cluster, cache=False)
     path = model.save(tmp / "model.cim")
     images = [p.read_bytes() for p in sorted(args.train.glob("*.jpg"))]
     print(f"model: {args.method} on {args.train} ({len(model.clusters)} clusters); {len(images)} request images "

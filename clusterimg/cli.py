@@ -320,12 +320,14 @@ def methods_command():
 @click.option("--radius-quantile", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.95, show_default=True,
               help="Vector models: a new image joins the nearest cluster if it is at most as far from the centroid "
                    "as this quantile of the cluster's members.")
+@click.option("--radius-slack", type=click.FloatRange(0.0, min_open=True), default=1.0, show_default=True,
+              help="Vector models: the radius above, multiplied by this (above 1: fewer images left unassigned).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars and no summary.")
 @cache_options
 @model_options
 @friendly_errors
 def fit_command(folder, save_path, overwrite, method, cluster, threshold, batch_size, recursive, workers, exhaustive,
-                radius_quantile, quiet, cache_dir, no_cache, **options):
+                radius_quantile, radius_slack, quiet, cache_dir, no_cache, **options):
     """Cluster FOLDER and save the clusters as a model that assigns new images
     (`clusterimg label`, `clusterimg assign`, `clusterimg serve`)."""
     from clusterimg import model as cm
@@ -337,7 +339,7 @@ def fit_command(folder, save_path, overwrite, method, cluster, threshold, batch_
     result = api.cluster(folder, method, threshold, cluster=cluster, batch_size=batch_size, recursive=recursive,
                          workers=workers, exhaustive=exhaustive, cache=cache_arg(cache_dir, no_cache),
                          progress=tqdm_bars(show_progress(quiet)), keep_features=True, **options)
-    model = cm.from_result(result, radius_quantile=radius_quantile)
+    model = cm.from_result(result, radius_quantile=radius_quantile, radius_slack=radius_slack)
     model.save(save_path, overwrite=overwrite)
     if not quiet:
         click.echo(f"{result.images} images read, {len(result.skipped)} skipped: {len(model.clusters)} clusters, "

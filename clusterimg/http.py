@@ -37,6 +37,7 @@ import asyncio
 import base64
 import binascii
 import hmac
+import io
 import json
 import os
 import sys
@@ -111,6 +112,18 @@ class Service:
         self.model = model
         self.limits = limits
 
+    def warm_up(self) -> None:
+        """Decode and assign one small image, so that the backend's model
+        (a CNN session) is built before the first request, not during it."""
+        from PIL import Image
+
+        from clusterimg.images import image_bytes
+
+        buf = io.BytesIO()
+        Image.new("RGB", (64, 48), (120, 130, 140)).save(buf, "PNG")
+        backend = self.model.backend
+        self.model.assign_features(backend.extract_many([backend.decode(image_bytes(buf.getvalue()))]))
+
     def answer(self, records: list) -> tuple[list[dict], list[str]]:
         """The answers of ``records`` in order, and the error messages."""
         from clusterimg.images import image_bytes
@@ -159,6 +172,7 @@ def create_app(model, *, key: str | None, limits: Limits = Limits(), debug: bool
     if key is not None and not key:
         raise ClusterimgError("the key is empty", exit_code=2)
     service = Service(model, limits)
+    service.warm_up()
 
     async def read_body(request) -> bytes:
         length = request.headers.get("content-length")
