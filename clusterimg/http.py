@@ -41,6 +41,7 @@ import io
 import json
 import os
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -111,6 +112,10 @@ class Service:
     def __init__(self, model, limits: Limits):
         self.model = model
         self.limits = limits
+        # Decoding runs in parallel threads; the model runs one request at a
+        # time per process: it uses the cores itself, and concurrent runs of
+        # a CNN would each hold their own working memory.
+        self.model_lock = threading.Lock()
 
     def warm_up(self) -> None:
         """Decode and assign one small image, so that the backend's model
@@ -150,8 +155,9 @@ class Service:
                 answer["errors"] = [{"message": str(e)}]
                 failures.append(str(e))
         if images:
-            features = backend.extract_many(images)
-            for pos, (cid, score) in zip(where, self.model.assign_features(features)):
+            with self.model_lock:
+                assigned = self.model.assign_features(backend.extract_many(images))
+            for pos, (cid, score) in zip(where, assigned):
                 answers[pos]["data"] = {"label": list(self.model.labels.get(cid, [])), "cluster": cid,
                                         "score": round(score, 4)}
         return answers, failures

@@ -148,7 +148,7 @@ class ClusterModel:
             return self._prepared
         paths, owner = self._member_order()
         ready: dict[str, Any] = {"owner": owner}
-        if self.kind == "vector":
+        if self.rule["name"] != "threshold":
             known = paths + self.outliers
             ready["known"] = _normalise(self.backend.vectors([self.features[p] for p in known]))
             ready["known_owner"] = np.concatenate([owner, np.full(len(self.outliers), -1, np.int64)])
@@ -172,7 +172,7 @@ class ClusterModel:
         if not len(features):
             return []
         ready = self._prepare()
-        if self.kind == "vector":
+        if self.rule["name"] != "threshold":
             return self._assign_vectors(self.backend.vectors(list(features)), ready)
         return self._assign_pairs(list(features), ready)
 
@@ -345,10 +345,10 @@ class ClusterModel:
 
         paths, owner = self._member_order()
         if self.kind == "vector":
-            ready = self._prepare()
             arrays = {"vectors": self.backend.vectors([self.features[p] for p in paths + self.outliers])
                       .astype(np.float32)}
             if self.rule["name"] == "centroid":
+                ready = self._prepare()
                 arrays["centroids"] = np.asarray(ready["centroids"], np.float32)
             if self.rule["name"] == "dbscan":
                 arrays["core"] = np.asarray(self.rule["core_mask"], dtype=bool)
@@ -560,7 +560,10 @@ def load(path: str | os.PathLike) -> ClusterModel:
                     rule["core_mask"] = z["core"].astype(bool).tolist()
                     if len(rule["core_mask"]) != len(members):
                         raise ValueError("core count")
-                elif rule["name"] != "centroid" or any(c.radius is None for c in clusters):
+                elif rule["name"] == "centroid":
+                    if any(c.radius is None for c in clusters):
+                        raise ValueError("radius")
+                elif rule["name"] != "threshold":
                     raise ValueError("rule")
             else:
                 if rule["name"] != "threshold":

@@ -213,3 +213,15 @@ def test_the_command_line_fit_label_assign(tmp_path):
     assert [(a["cluster"], a["labels"]) for a in answers] == [(crab, ["crab", "sea"]), (-1, [])]
     broken = runner.invoke(main, ["assign", str(tmp_path / "labels.json"), str(EXAMPLES)])
     assert broken.exit_code == 2 and broken.output.count("\n") == 1
+
+
+def test_a_vector_backend_clustered_by_the_graph_model_uses_the_threshold_rule(tiny, tmp_path):
+    result = vector_result({})
+    result.threshold = 0.98
+    model = from_result(result)
+    assert model.rule == {"name": "threshold", "threshold": 0.98}
+    paths = sorted(result.features)
+    expected = [0 if p[0] == "a" else 1 if p[0] == "b" else -1 for p in paths]
+    assert [cid for cid, _ in model.assign_features([result.features[p] for p in paths])] == expected
+    loaded = load(model.save(tmp_path / "g.cim"))
+    assert [cid for cid, _ in loaded.assign_features([result.features[p] for p in paths])] == expected
