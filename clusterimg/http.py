@@ -128,6 +128,7 @@ class Service:
         Image.new("RGB", (64, 48), (120, 130, 140)).save(buf, "PNG")
         backend = self.model.backend
         self.model.assign_features(backend.extract_many([backend.decode(image_bytes(buf.getvalue()))]))
+        Image.init()  # every image plugin, which Pillow loads on the first file it cannot identify
 
     def answer(self, records: list) -> tuple[list[dict], list[str]]:
         """The answers of ``records`` in order, and the error messages."""
