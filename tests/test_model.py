@@ -225,3 +225,10 @@ def test_a_vector_backend_clustered_by_the_graph_model_uses_the_threshold_rule(t
     assert [cid for cid, _ in model.assign_features([result.features[p] for p in paths])] == expected
     loaded = load(model.save(tmp_path / "g.cim"))
     assert [cid for cid, _ in loaded.assign_features([result.features[p] for p in paths])] == expected
+
+
+def test_assignment_does_not_depend_on_the_worker_count(phash_model):
+    files = sorted(EXAMPLES.glob("*.jpg"))[:12]
+    one = [a.to_dict() for a in phash_model.assign(files, workers=1)]
+    assert [a.to_dict() for a in phash_model.assign(files, workers=2)] == one
+    assert [a.to_dict() for a in phash_model.assign(files[::-1], workers=2)] == one[::-1]
