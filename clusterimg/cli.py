@@ -460,6 +460,12 @@ def serve_command(model_path, host, port, key, no_key, workers, max_body_mb, max
         raise click.UsageError("--no-key and a key (--key or $KEY) contradict each other")
     if key is None and not no_key:
         raise click.UsageError("no key: give --key, set $KEY, or --no-key for local use")
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise ClusterimgError("clusterimg serve needs starlette and uvicorn: pip install 'clusterimg[serve]'",
+                              exit_code=2)
     model = cm.load(model_path)  # a bad model file is refused before the server starts
     limits = http.Limits(max_body_bytes=int(max_body_mb * (1 << 20)), max_record_bytes=int(max_image_mb * (1 << 20)),
                          max_records=max_records, max_pixels=max_pixels, timeout_s=timeout)
