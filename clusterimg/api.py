@@ -315,7 +315,7 @@ def cluster(
         method=method,
         threshold=used if graph else None,
         params=dict(backend.params, batch_size=batch_size, exhaustive=exhaustive),
-        clustering={} if graph and not groups.info else dict(model=model.name, **model.params, **groups.info),
+        clustering={} if graph and not groups.info else {"model": model.name, **model.params, **groups.info},
         roots=roots,
         input_arg=_input_arg(inputs),
         timings=timings,

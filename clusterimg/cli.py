@@ -5,6 +5,7 @@ import contextlib
 import csv
 import functools
 import io
+import json
 import os
 import sys
 from pathlib import Path
@@ -647,6 +648,182 @@ def cache_clear_command(cache_dir, yes):
         return
     freed = ca.clear(folder)
     click.echo(f"Cache cleared: {ca.format_size(freed)} freed in {folder}.")
+
+
+# -- a saved cluster model: fit, label, assign, serve (clusterimg/model.py, clusterimg/http.py) --------
+
+
+@main.command("fit")
+@click.argument("folder", type=click.Path(path_type=Path, file_okay=True, dir_okay=True))
+@click.option("--save", "save_path", type=click.Path(path_type=Path, dir_okay=False), required=True,
+              help="The model file to write (e.g. books.cim).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing model file.")
+@method_option
+@cluster_option
+@click.option("--threshold", "-t", type=ThresholdType(), default=None,
+              help="Pairs at least this similar (0..1) are joined, and a new image joins a cluster at this "
+                   "score. [default: the method's calibrated one]")
+@click.option("--batch-size", type=click.IntRange(min=0), default=api.DEFAULT_BATCH_SIZE, show_default=True,
+              help="Images compared together in the first stage; 0 = one batch.")
+@click.option("--recursive/--no-recursive", default=True, show_default=True, help="Descend into subfolders.")
+@click.option("--workers", "-j", type=click.IntRange(min=1), default=None,
+              help="Processes for reading images. [default: CPU count]")
+@click.option("--exhaustive", is_flag=True, help="Score every pair instead of the method's candidate search.")
+@click.option("--radius-quantile", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.95, show_default=True,
+              help="Vector models: a new image joins the nearest cluster if it is at most as far from the centroid "
+                   "as this quantile of the cluster's members.")
+@click.option("--radius-slack", type=click.FloatRange(0.0, min_open=True), default=1.0, show_default=True,
+              help="Vector models: the radius above, multiplied by this (above 1: fewer images left unassigned).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars and no summary.")
+@cache_options
+@model_options
+@friendly_errors
+def fit_command(folder, save_path, overwrite, method, cluster, threshold, batch_size, recursive, workers, exhaustive,
+                radius_quantile, radius_slack, quiet, cache_dir, no_cache, **options):
+    """Cluster FOLDER and save the clusters as a model that assigns new images
+    (`clusterimg label`, `clusterimg assign`, `clusterimg serve`)."""
+    from clusterimg import model as cm
+
+    check_options(method, cluster, options)
+    if save_path.exists() and not overwrite:
+        raise click.UsageError(f"{save_path} exists: give another name, or --overwrite to replace it")
+    api.resolve_inputs(folder)
+    result = api.cluster(folder, method, threshold, cluster=cluster, batch_size=batch_size, recursive=recursive,
+                         workers=workers, exhaustive=exhaustive, cache=cache_arg(cache_dir, no_cache),
+                         progress=tqdm_bars(show_progress(quiet)), keep_features=True, **options)
+    model = cm.from_result(result, radius_quantile=radius_quantile, radius_slack=radius_slack)
+    model.save(save_path, overwrite=overwrite)
+    if not quiet:
+        click.echo(f"{result.images} images read, {len(result.skipped)} skipped: {len(model.clusters)} clusters, "
+                   f"{len(result.outliers)} outliers; rule {model.rule['name']}; model saved to {save_path}")
+
+
+@main.command("label")
+@click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("labels_file", metavar="[LABELS.json]", required=False,
+                type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--from-folders", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Take labels from a reviewed folder tree: DIR/LABEL/ holds images of the clusters to label LABEL "
+                   "(files matched to the model's images by content, else by unique file name).")
+@click.option("--show", is_flag=True, help="Print the clusters, their sizes and labels.")
+@click.option("--json", "as_json", is_flag=True, help="With --show: as JSON.")
+@friendly_errors
+def label_command(model_path, labels_file, from_folders, show, as_json):
+    """Attach labels to the clusters of MODEL, from LABELS.json
+    ({"0": ["book cover"], "1": ["open book"], "-1": []}: ids as `--show`
+    prints them, -1 for images in no cluster) or from --from-folders; the
+    model file is updated in place. Can be re-run: named clusters get the new
+    labels, the others keep theirs."""
+    from clusterimg import model as cm
+
+    if labels_file is None and from_folders is None and not show:
+        raise click.UsageError("give a labels file, --from-folders DIR or --show")
+    if labels_file is not None and from_folders is not None:
+        raise click.UsageError("give a labels file or --from-folders, not both")
+    model = cm.load(model_path)
+    if labels_file is not None:
+        model.set_labels(cm.read_labels_file(labels_file))
+        model.save(model_path, overwrite=True)
+        click.echo(f"Labels set; {sum(1 for c in model.ids if model.labels.get(c))} of {len(model.ids)} clusters "
+                   f"labelled in {model_path}", err=show)
+    if from_folders is not None:
+        counts = model.labels_from_folders(from_folders)
+        model.save(model_path, overwrite=True)
+        click.echo(f"{counts['files']} files in {from_folders}: {counts['matched']} matched to the model's images, "
+                   f"{counts['unmatched']} not; {counts['clusters']} clusters labelled in {model_path}", err=show)
+    if show:
+        rows = model.describe()
+        if as_json:
+            click.echo(dumps_json(rows))
+        else:
+            click.echo(f"{model.method_name} model, rule {model.rule['name']}, {len(model.clusters)} clusters, "
+                       f"{len(model.outliers)} outliers")
+            for row in rows:
+                click.echo(f"{row['id']:>5}  {row['size']:>5} images  {row['representative'] or '-'}  "
+                           f"{json.dumps(row['labels'], ensure_ascii=False)}")
+
+
+@main.command("assign")
+@click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--workers", "-j", type=click.IntRange(min=1), default=None,
+              help="Processes for reading images. [default: CPU count]")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list: path, cluster (-1: none), labels, score.")
+@friendly_errors
+def assign_command(model_path, paths, workers, as_json):
+    """Give each image of PATHS (files or folders) the cluster of MODEL it
+    belongs to (-1: none) and that cluster's labels."""
+    from clusterimg import model as cm
+    from clusterimg.images import discover
+
+    files = []
+    for p in paths:
+        if not p.exists():
+            raise ClusterimgError(f"not found: {p}", exit_code=2)
+        if p.is_dir():
+            found, _ = discover(p)
+            files += [str(p / rel) for rel in found]
+        else:
+            files.append(str(p))
+    model = cm.load(model_path)
+    answers = model.assign(files, workers=workers)
+    for a in answers:
+        if a.error:
+            click.echo(f"Warning: {a.path}: {a.error}", err=True)
+    if as_json:
+        click.echo(dumps_json([a.to_dict() for a in answers]))
+    else:
+        for a in answers:
+            click.echo(f"{a.cluster:>5}  {a.score:.3f}  {a.path}  {json.dumps(a.labels, ensure_ascii=False)}")
+
+
+@main.command("serve")
+@click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
+@click.option("--key", default=None, help="The key clients must send. [default: $KEY] (prefer $KEY: a --key is "
+                                          "visible to other users in the process list)")
+@click.option("--no-key", is_flag=True, help="Ask for no key (local use only).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Server processes, each with the model loaded once.")
+@click.option("--max-body-mb", type=click.FloatRange(min=0.001), default=32.0, show_default=True,
+              help="Largest request body (413 above).")
+@click.option("--max-image-mb", type=click.FloatRange(min=0.001), default=8.0, show_default=True,
+              help="Largest image per record (a per-record error above).")
+@click.option("--max-records", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Most records per request (413 above).")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=50_000_000, show_default=True,
+              help="Largest image in pixels, read from its header before decoding.")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
+              help="Seconds a request may take (504 above).")
+@click.option("--debug", is_flag=True, help="Verbose server log; each failed record's message in the access log.")
+@friendly_errors
+def serve_command(model_path, host, port, key, no_key, workers, max_body_mb, max_image_mb, max_records, max_pixels,
+                  timeout, debug):
+    """Serve MODEL over HTTP: POST /api/extraction (the custom-skill contract
+    of Azure Cognitive Search), GET /health."""
+    import os
+
+    from clusterimg import http
+    from clusterimg import model as cm
+
+    key = key if key is not None else (os.environ.get(http.ENV_KEY) or None)
+    if no_key and key is not None:
+        raise click.UsageError("--no-key and a key (--key or $KEY) contradict each other")
+    if key is None and not no_key:
+        raise click.UsageError("no key: give --key, set $KEY, or --no-key for local use")
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise ClusterimgError("clusterimg serve needs starlette and uvicorn: pip install 'clusterimg[serve]'",
+                              exit_code=2)
+    model = cm.load(model_path)  # a bad model file is refused before the server starts
+    limits = http.Limits(max_body_bytes=int(max_body_mb * (1 << 20)), max_record_bytes=int(max_image_mb * (1 << 20)),
+                         max_records=max_records, max_pixels=max_pixels, timeout_s=timeout)
+    click.echo(f"Serving {model_path} ({model.method_name}, {len(model.clusters)} clusters) on http://{host}:{port} "
+               f"with {workers} worker(s); {'no key' if key is None else 'key required'}", err=True)
+    http.serve(str(model_path.resolve()), host=host, port=port, key=key, workers=workers, debug=debug, limits=limits)
 
 
 # -- evaluate: score a manifest against class labels (self-contained block) --

@@ -35,6 +35,8 @@ _avif_state: str | None = None
 
 
 def extension(path: str | os.PathLike) -> str:
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        return ""  # a file object (an upload): decoded by Pillow's own openers
     name = os.fsdecode(os.fspath(path))
     return os.path.splitext(name)[1].lower()
 

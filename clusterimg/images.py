@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import fnmatch
+import io
 import os
 import warnings
 from dataclasses import dataclass
@@ -181,7 +182,8 @@ def _to_array(im: Image.Image, gray: bool) -> np.ndarray:
 
 def load_image(path: str | os.PathLike, max_side: int | None = None, gray: bool = False,
                min_side: int | None = None) -> np.ndarray:
-    """Decode ``path`` into a uint8 array, longest side at most ``max_side``.
+    """Decode ``path`` (a file name, or a binary file object such as
+    :func:`image_bytes` gives) into a uint8 array, longest side at most ``max_side``.
 
     ``min_side`` (for backends that resize the image themselves) only lets a
     JPEG be decoded at reduced size while both sides stay at least that long.
@@ -226,10 +228,33 @@ def fit_within(arr: np.ndarray, max_side: int) -> np.ndarray:
     scale = max_side / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     return cv2.resize(arr, size, interpolation=cv2.INTER_AREA)
+def image_bytes(data: bytes, max_pixels: int = MAX_PIXELS) -> io.BytesIO:
+    """An image received as bytes (an upload), checked from its header
+    before any decoding: ImageReadError if it is empty, not an image, or has
+    more than ``max_pixels`` pixels. Pass the result to :func:`load_image`
+    (or a backend's ``decode``), which decodes it like a file."""
+    if not data:
+        raise ImageReadError("empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as im:
+                w, h = im.size
+    except Image.DecompressionBombError:
+        raise ImageReadError(f"image too large (over {MAX_PIXELS:,} pixels: possible decompression bomb)")
+    except UnidentifiedImageError:
+        raise ImageReadError("cannot identify image file (not an image, or an unsupported format)")
+    except (OSError, ValueError, SyntaxError, EOFError, MemoryError, TypeError) as e:
+        raise ImageReadError(f"cannot decode image: {_one_line(e)}")
+    if w * h > max_pixels:
+        raise ImageReadError(f"image too large ({w}x{h} pixels, limit {max_pixels:,})")
+    return io.BytesIO(data)
+
+
 def _size_or_none(path) -> int | None:
     try:
         return os.path.getsize(path)
-    except OSError:
+    except (OSError, TypeError):
         return None
 
 

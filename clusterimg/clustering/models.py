@@ -18,7 +18,8 @@ import numpy as np
 
 from clusterimg.clustering.base import Clusterer, Group, Groups
 from clusterimg.clustering.selection import Selection, cluster_in_batches, select
-from clusterimg.clustering.vector import DEFAULT_PCA, LINKAGES, fit_model, l2_normalize, prepare, representatives
+from clusterimg.clustering.vector import (DEFAULT_MIN_SAMPLES, DEFAULT_PCA, LINKAGES, default_eps, fit_model,
+                                          l2_normalize, prepare, representatives)
 from clusterimg.options import Option
 
 SEED = 0  # every model is seeded: the same input always gives the same clusters
@@ -62,8 +63,13 @@ class VectorClusterer(Clusterer):
         fixed = p["k"] is not None or (self.model in ("dbscan", "hdbscan")) or \
             (self.model == "agglomerative" and p["eps"] is not None)
         if fixed:
-            labels = fit_model(prepare(X, self._pca(), SEED), self.model, k=p["k"], eps=p["eps"],
-                               min_samples=p["min_samples"], linkage=p["linkage"], seed=SEED)
+            P = prepare(X, self._pca(), SEED)
+            eps = p["eps"]
+            if self.model == "dbscan" and eps is None:  # chosen here, so that it is recorded
+                eps = default_eps(P, p["min_samples"] or DEFAULT_MIN_SAMPLES)
+                self.used["eps"] = round(float(eps), 6)
+            labels = fit_model(P, self.model, k=p["k"], eps=eps, min_samples=p["min_samples"], linkage=p["linkage"],
+                               seed=SEED)
             return labels, None
         selection = select(X, models=[self.model], pca=self._pca(), seed=SEED)
         return selection.labels, selection
@@ -72,6 +78,7 @@ class VectorClusterer(Clusterer):
         X = method.vectors(features)
         if len(X) < 2:
             return Groups([], list(range(len(X))), {})
+        self.used: dict = {}  # parameters chosen while clustering (dbscan's eps), for the manifest
         last: list[Selection] = []
 
         def one_batch(B: np.ndarray) -> np.ndarray:
@@ -83,7 +90,7 @@ class VectorClusterer(Clusterer):
         with bars("clustering")(1) as shown:
             labels = cluster_in_batches(X, batch_size or 0, one_batch)
             shown.update(1)
-        info = {}
+        info = dict(self.used)
         if last:
             info["model_selection"] = last[-1].to_json()
             info["chosen"] = last[-1].chosen
