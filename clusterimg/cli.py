@@ -116,6 +116,20 @@ def cache_arg(cache_dir: Path | None, no_cache: bool):
     return False if no_cache else (cache_dir or True)
 
 
+def work_options(command):
+    """--batch-size, --recursive/--no-recursive, --workers, --exhaustive: shared by `run` and `fit`."""
+    for option in reversed([
+        click.option("--batch-size", type=click.IntRange(min=0), default=api.DEFAULT_BATCH_SIZE, show_default=True,
+                     help="Images compared together in the first stage; 0 = one batch."),
+        click.option("--recursive/--no-recursive", default=True, show_default=True, help="Descend into subfolders."),
+        click.option("--workers", "-j", type=click.IntRange(min=1), default=None,
+                     help="Processes for reading images. [default: CPU count]"),
+        click.option("--exhaustive", is_flag=True, help="Score every pair instead of the method's candidate search."),
+    ]):
+        command = option(command)
+    return command
+
+
 method_option = click.option(
     "--method", "-m", type=click.Choice(sorted(available())), default=api.DEFAULT_METHOD, show_default=True,
     help="Feature backend (see `clusterimg methods`).")
@@ -167,12 +181,7 @@ def main():
               help="Finish the interrupted run recorded in --out with its own options, even if they differ.")
 @click.option("--exclude", "exclude_globs", multiple=True, metavar="GLOB",
               help="Leave out files and folders whose name or relative path matches GLOB (repeatable).")
-@click.option("--batch-size", type=click.IntRange(min=0), default=api.DEFAULT_BATCH_SIZE, show_default=True,
-              help="Images compared together in the first stage; 0 = one batch.")
-@click.option("--recursive/--no-recursive", default=True, show_default=True, help="Descend into subfolders.")
-@click.option("--workers", "-j", type=click.IntRange(min=1), default=None,
-              help="Processes for reading images. [default: CPU count]")
-@click.option("--exhaustive", is_flag=True, help="Score every pair instead of the method's candidate search.")
+@work_options
 @click.option("--format", "out_format", type=click.Choice(["json", "csv"]), default=None,
               help="Print the manifest on stdout as JSON, or as CSV (path, cluster, representative, score, "
                    "exact); the summary goes to stderr.")
@@ -663,12 +672,7 @@ def cache_clear_command(cache_dir, yes):
 @click.option("--threshold", "-t", type=ThresholdType(), default=None,
               help="Pairs at least this similar (0..1) are joined, and a new image joins a cluster at this "
                    "score. [default: the method's calibrated one]")
-@click.option("--batch-size", type=click.IntRange(min=0), default=api.DEFAULT_BATCH_SIZE, show_default=True,
-              help="Images compared together in the first stage; 0 = one batch.")
-@click.option("--recursive/--no-recursive", default=True, show_default=True, help="Descend into subfolders.")
-@click.option("--workers", "-j", type=click.IntRange(min=1), default=None,
-              help="Processes for reading images. [default: CPU count]")
-@click.option("--exhaustive", is_flag=True, help="Score every pair instead of the method's candidate search.")
+@work_options
 @click.option("--radius-quantile", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.95, show_default=True,
               help="Vector models: a new image joins the nearest cluster if it is at most as far from the centroid "
                    "as this quantile of the cluster's members.")
