@@ -229,6 +229,7 @@ class ORB(Method):
         candidates_option(10),
     )
     cache_scores = True
+    parallel_scores = True
     feature_version = 2  # 2: visual words stored as int32 (vocabulary 4 << 16)
 
     def check_params(self) -> None:
