@@ -186,34 +186,11 @@ def evidence_score(inliers: int, fewest_keypoints: int, scale: float) -> float:
     return float(min(1.0, max(1.0 - np.exp(-inliers / scale), share)))
 
 
-def detect_with_mirror(gray: np.ndarray, features: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``detect`` of an image and of its mirror image. The detector (FAST
-    corners, Harris ranking, the intensity-centroid angle) is mirror
-    symmetric, so the mirror's keypoints are the image's, reflected (x -> w-1-x,
-    angle -> 180 - angle): only their descriptors are computed on the mirror
-    image, which saves a second detection (a third of the extraction)."""
-    orb = cv2.ORB_create(nfeatures=features, fastThreshold=10)
-    keypoints, descriptors = orb.detectAndCompute(gray, None)
-    if descriptors is None or not keypoints:
-        empty = (np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8))
-        return empty + empty
-    w = gray.shape[1]
-    reflected = [cv2.KeyPoint(w - 1 - k.pt[0], k.pt[1], k.size, (180.0 - k.angle) % 360.0, k.response, k.octave,
-                              k.class_id) for k in keypoints]
-    reflected, descriptors_m = orb.compute(np.ascontiguousarray(gray[:, ::-1]), reflected)
-    points = np.array([k.pt for k in keypoints], dtype=np.float32)
-    if descriptors_m is None or not reflected:
-        points_m, descriptors_m = np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8)
-    else:
-        points_m = np.array([k.pt for k in reflected], dtype=np.float32)
-    return (points, np.ascontiguousarray(descriptors, dtype=np.uint8),
-            points_m, np.ascontiguousarray(descriptors_m, dtype=np.uint8))
-
-
 def orb_feature(gray: np.ndarray, side: int, features: int) -> dict:
     """Keypoints, descriptors and visual words of an image and of its mirror."""
     small = thumbnail(gray, side)
-    points, desc, points_m, desc_m = detect_with_mirror(small, features)
+    points, desc = detect(small, features)
+    points_m, desc_m = detect(np.ascontiguousarray(small[:, ::-1]), features)
     return {
         "points": points, "desc": desc, "words": np.unique(word_ids(desc)).astype(np.int32),
         "points_m": points_m, "desc_m": desc_m, "words_m": np.unique(word_ids(desc_m)).astype(np.int32),
@@ -257,9 +234,7 @@ class ORB(Method):
     )
     cache_scores = True
     parallel_scores = True
-    # 2: visual words stored as int32 (vocabulary 4 << 16); 3: the mirror's
-    # keypoints reflected from the image's, not detected again
-    feature_version = 3
+    feature_version = 2  # 2: visual words stored as int32 (vocabulary 4 << 16)
 
     def check_params(self) -> None:
         if not 50 <= self.params["orb_features"] <= 5000:
