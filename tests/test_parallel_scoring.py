@@ -152,3 +152,18 @@ def test_ctrl_c_during_parallel_scoring_exits_130_and_resumes(tmp_path, monkeypa
     resumed = runner.invoke(main, args + ["--out", str(tmp_path / "resumed")])
     assert resumed.exit_code == 0, resumed.output
     assert manifest_core(tmp_path / "resumed") == manifest_core(tmp_path / "plain")
+
+
+def test_workers_that_cannot_start_give_one_error(orb_features, monkeypatch):
+    from clusterimg.errors import ClusterimgError
+
+    method, files, features = orb_features
+
+    def full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(scoring, "pack_features", full)
+    with PairScorer(method, files, features=features, workers=2) as scorer:
+        with pytest.raises(ClusterimgError, match="--workers 1"):
+            scorer.score_global(features, np.arange(60) % 30, (np.arange(60) + 1) % 30)
+        assert scorer._pool is None and scorer._folder is None

@@ -145,12 +145,12 @@ class PairScorer:
                 and bool(getattr(self.method, "parallel_scores", False)))
 
     def _score_in_workers(self, gi: np.ndarray, gj: np.ndarray):
-        pool = self._start_pool()
         # Pieces small enough to keep both workers busy to the end of the call,
         # large enough that a round trip is negligible next to the scoring.
         piece = int(np.clip(len(gi) // (self.workers * 8), 16, SCORE_PIECE))
         starts = list(range(0, len(gi), piece))
         try:
+            pool = self._start_pool()
             results = pool.map(_score_in_worker, [gi[s:s + piece] for s in starts], [gj[s:s + piece] for s in starts])
             for start, fresh in zip(starts, results):
                 yield start, np.asarray(fresh, dtype=np.float64)
@@ -161,6 +161,8 @@ class PairScorer:
             self._abort()
             if isinstance(e, BrokenProcessPool):
                 raise ClusterimgError(f"a worker process died ({e}); try again with --workers 1")
+            if isinstance(e, OSError):  # no room for the shared features
+                raise ClusterimgError(f"cannot share features with the workers ({e}); try again with --workers 1")
             raise
 
     def _start_pool(self):
