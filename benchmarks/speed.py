@@ -74,10 +74,11 @@ def sample(pids: list[int], cpu: dict[int, float]) -> int:
     return rss
 
 
-def timed_run(args: list[str], env: dict) -> tuple[float, int, float, int]:
+def timed_run(args: list[str], env: dict, cwd: Path) -> tuple[float, int, float, int]:
     """(wall seconds, peak tree memory in bytes, CPU seconds of the tree, exit status)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, env=env)
+    # run from the measured checkout: `python -m` puts the working folder first on sys.path
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, env=env, cwd=cwd)
     peak, cpu = 0, {}
     while proc.poll() is None:
         peak = max(peak, sample(tree(proc.pid), cpu))
@@ -106,13 +107,13 @@ def main() -> int:
     print("| target | method | images | seconds | images/s | CPU s (tree) | peak memory (MB) | load before | F1 |")
     print("|---|---|---|---|---|---|---|---|---|")
     for target in args.target or ["s1", "all"]:
-        folder = args.data if target == "all" else args.data / target / "images"
+        folder = (args.data if target == "all" else args.data / target / "images").resolve()
         for method in args.method or ["phash", "orb"]:
             out = Path(tempfile.mkdtemp(prefix="speed-out-")) / "o"
             cmd = [sys.executable, "-m", "clusterimg", "run", str(folder), "--method", method, "--transfer", "none",
                    "--out", str(out), "--quiet", "--no-cache", "--workers", str(args.workers), *args.extra.split()]
             load = os.getloadavg()[0]
-            wall, peak, cpu, status = timed_run(cmd, env)
+            wall, peak, cpu, status = timed_run(cmd, env, args.code)
             if status != 0:
                 print(f"| {target} | {method} | failed (exit {status}) | | | | | {load:.1f} | |", flush=True)
                 continue
