@@ -291,10 +291,11 @@ def cluster(
                              bar=bars("reading images"))
         timings["extract"] = time.perf_counter() - t
         t = time.perf_counter()
-        scorer = PairScorer(backend, images.files, store)
         used = backend.default_threshold if threshold is None else float(threshold)
-        groups = model.cluster(backend, images.features, scorer, threshold=used, batch_size=batch_size,
-                               exhaustive=exhaustive, bars=bars)
+        with PairScorer(backend, images.files, store, features=images.features,
+                        workers=workers or os.cpu_count() or 1) as scorer:
+            groups = model.cluster(backend, images.features, scorer, threshold=used, batch_size=batch_size,
+                                   exhaustive=exhaustive, bars=bars)
         timings["cluster"] = time.perf_counter() - t
     clusters, outliers = name_groups(groups, images.paths)
     if any(r.reference for r in roots):

@@ -176,17 +176,22 @@ def _to_array(im: Image.Image, gray: bool) -> np.ndarray:
         background = Image.new("RGBA", im.size, (255, 255, 255, 255))
         im = Image.alpha_composite(background, im).convert("RGB")
     if gray:
-        return np.asarray(im.convert("L"))
+        return np.asarray(im if im.mode == "L" else im.convert("L"))
     return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
 
 
 def load_image(path: str | os.PathLike, max_side: int | None = None, gray: bool = False,
-               min_side: int | None = None) -> np.ndarray:
+               min_side: int | None = None, *, reduce_only: bool = False) -> np.ndarray:
     """Decode ``path`` (a file name, or a binary file object such as
     :func:`image_bytes` gives) into a uint8 array, longest side at most ``max_side``.
 
     ``min_side`` (for backends that resize the image themselves) only lets a
     JPEG be decoded at reduced size while both sides stay at least that long.
+
+    ``reduce_only``: ``max_side`` only steers the decoder's own cheap
+    reduction (a JPEG decoded at 1/2, 1/4 or 1/8 size, never below
+    ``max_side``) and the image is not resized after it: for a backend that
+    resizes to its own small thumbnail anyway, one resize instead of two.
 
     Raises ImageReadError with a one-line reason for anything that is not a
     readable image.
@@ -217,7 +222,7 @@ def load_image(path: str | os.PathLike, max_side: int | None = None, gray: bool 
         raise ImageReadError("empty file" if size == 0 else "cannot identify image file (not an image, or an unsupported format)")
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError, TypeError) as e:
         raise ImageReadError(f"cannot decode image: {_one_line(e)}")
-    return fit_within(arr, max_side) if max_side else arr
+    return fit_within(arr, max_side) if max_side and not reduce_only else arr
 
 
 def fit_within(arr: np.ndarray, max_side: int) -> np.ndarray:

@@ -124,6 +124,51 @@ def choose_representative(
     return rep, similarity_to(method, features, members, rep, scorer)
 
 
+def representatives(
+    method: Method, features: Sequence[Feature], groups: Sequence[Sequence[int]], strength: np.ndarray | None,
+    scorer: PairScorer,
+) -> list[tuple[int, np.ndarray]]:
+    """:func:`choose_representative` for many groups at once: the pairs of all
+    groups go to the scorer in one call (so its workers share the work, and
+    pairs it has already scored are looked up, not scored again)."""
+    plans, all_i, all_j, total = [], [], [], 0
+    for members in groups:
+        members = np.asarray(members, dtype=np.int64)
+        if len(members) == 1:
+            plans.append(("one", None, 0, 0))
+            continue
+        if len(members) <= FULL_MATRIX_MAX:
+            iu, ju = np.triu_indices(len(members), k=1)
+            all_i.append(members[iu]), all_j.append(members[ju])
+            plans.append(("full", (iu, ju), total, len(iu)))
+            total += len(iu)
+        else:
+            rep = int(np.argmax(strength[members]))
+            others = np.array([p for p in range(len(members)) if p != rep], dtype=np.int64)
+            all_i.append(np.full(len(others), members[rep], dtype=np.int64)), all_j.append(members[others])
+            plans.append(("rep", (rep, others), total, len(others)))
+            total += len(others)
+    scores = (scorer.score_global(features, np.concatenate(all_i), np.concatenate(all_j))
+              if all_i else np.zeros(0))
+    out = []
+    for members, (kind, extra, start, count) in zip(groups, plans):
+        got = scores[start:start + count]
+        if kind == "one":
+            out.append((0, np.ones(1)))
+        elif kind == "full":
+            iu, ju = extra
+            sim = np.eye(len(members))
+            sim[iu, ju] = sim[ju, iu] = got
+            rep = medoid(sim)
+            out.append((rep, sim[rep]))
+        else:
+            rep, others = extra
+            row = np.ones(len(members))
+            row[others] = got
+            out.append((rep, row))
+    return out
+
+
 def group_features(
     method: Method,
     features: Sequence[Feature],
@@ -157,11 +202,11 @@ def group_features(
     if len(batches) > 1:
         strength = edges.strength(n)
         reps, rep_batch = [], []
-        for number, batch in enumerate(batches):
-            for members in uf.groups(batch):
-                pos, _ = choose_representative(method, features, members, strength, scorer)
-                reps.append(members[pos])
-                rep_batch.append(number)
+        found = [(number, members) for number, batch in enumerate(batches) for members in uf.groups(batch)]
+        for (number, members), (pos, _) in zip(found, representatives(
+                method, features, [m for _, m in found], strength, scorer)):
+            reps.append(members[pos])
+            rep_batch.append(number)
         reps_arr = np.asarray(reps, dtype=np.int64)
         stacked = method.stack([features[k] for k in reps])
         i, j, s = find_pairs(
@@ -184,11 +229,9 @@ class GraphClusterer(Clusterer):
     def cluster(self, method, features, scorer, *, threshold, batch_size, exhaustive, bars) -> Groups:
         groups, edges = group_features(method, features, threshold, batch_size, exhaustive, bars, scorer)
         strength = edges.strength(len(features))
-        found, outliers = [], []
-        for members in groups:
-            if len(members) == 1:
-                outliers.append(members[0])
-                continue
-            rep, scores = choose_representative(method, features, members, strength, scorer)
-            found.append(Group(members, members[rep], [round(float(x), 4) for x in scores]))
+        outliers = [members[0] for members in groups if len(members) == 1]
+        clusters = [members for members in groups if len(members) > 1]
+        found = [Group(members, members[rep], [round(float(x), 4) for x in scores])
+                 for members, (rep, scores) in zip(clusters, representatives(
+                     method, features, clusters, strength, scorer))]
         return Groups(found, outliers)

@@ -38,6 +38,12 @@ class Method(Configurable):
     default_threshold: ClassVar[float]
     # Whether pair scores are expensive enough to be worth storing in the cache.
     cache_scores: ClassVar[bool] = True
+    # Whether one pair costs milliseconds (a keypoint match): such scores are
+    # remembered for the run and scored in worker processes when there are
+    # several (engine/scoring.py); the features must be numpy arrays or dicts
+    # of them, and score() on a stack of all features must equal score() on a
+    # stack of any subset (a stack that only gathers the features).
+    parallel_scores: ClassVar[bool] = False
     # Version of the feature format: bump it when extract() changes, so that
     # cached features of an older format are never reused.
     feature_version: ClassVar[int] = 1
