@@ -7,6 +7,8 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from click.testing import CliRunner
 
 import clusterimg
@@ -168,3 +170,32 @@ def test_reference_folder_is_preferred_copied_not_moved_and_kept_by_dedupe(photo
     out_file = tmp_path / "out" / by_path["masters/one_master.png"]["output"]
     assert out_file.exists()  # the reference copy stays; the others of its cluster went to the trash
     assert not (tmp_path / "out" / by_path["photos/a/one.jpg"]["output"]).exists()
+
+
+def test_progress_moves_while_slow_pairs_are_scored():
+    """orb takes milliseconds a pair: the bar must step every few hundred pairs, not every 4,096."""
+    from clusterimg.engine.search import find_pairs
+    from clusterimg.features import get_method
+
+    method = get_method("orb")
+    steps = []
+
+    class Bar:
+        def __init__(self, total):
+            self.total = total
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, k):
+            steps.append(k)
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (64, 64), dtype=np.uint8) for _ in range(50)]  # 1,225 pairs
+    stacked = method.stack([method.extract(im) for im in images])
+    find_pairs(method, stacked, len(images), 0.5, exhaustive=True, bar=Bar)
+    assert sum(steps) == 50 * 49 // 2
+    assert len(steps) >= 3 and max(steps) <= method.score_chunk

@@ -90,13 +90,13 @@ def find_pairs(
     proposed = None if exhaustive else method.candidates(stacked, floor)
     if proposed is None:
         total = n * (n - 1) // 2
-        pieces: Iterator = all_pairs(n)
+        pieces: Iterator = all_pairs(n, method.score_chunk)
     else:
         pi, pj = (np.asarray(a, dtype=np.int64) for a in proposed)
         lo, hi = np.minimum(pi, pj), np.maximum(pi, pj)
         key = np.unique(lo[lo != hi] * n + hi[lo != hi])  # sorted, deduplicated: deterministic
         total = len(key)
-        pieces = chunks(key // n, key % n)
+        pieces = chunks(key // n, key % n, method.score_chunk)
     keep_i, keep_j, keep_s = [], [], []
     with (bar or NoBar)(total) as shown:
         for i, j in pieces:

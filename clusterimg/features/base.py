@@ -44,6 +44,9 @@ class Method(Configurable):
     # of them, and score() on a stack of all features must equal score() on a
     # stack of any subset (a stack that only gathers the features).
     parallel_scores: ClassVar[bool] = False
+    # Pairs scored per call (and per step of the progress bar): thousands for
+    # vectorised backends, a few hundred for those that take milliseconds a pair.
+    score_chunk: ClassVar[int] = 4096
     # Version of the feature format: bump it when extract() changes, so that
     # cached features of an older format are never reused.
     feature_version: ClassVar[int] = 1

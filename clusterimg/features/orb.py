@@ -234,6 +234,7 @@ class ORB(Method):
     )
     cache_scores = True
     parallel_scores = True
+    score_chunk = 512  # about a second of matching per progress step
     feature_version = 2  # 2: visual words stored as int32 (vocabulary 4 << 16)
 
     def check_params(self) -> None:
