@@ -114,8 +114,12 @@ def _to_array(im: Image.Image, gray: bool) -> np.ndarray:
     return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
 
 
-def load_image(path: str | os.PathLike, max_side: int | None = None, gray: bool = False) -> np.ndarray:
+def load_image(path: str | os.PathLike, max_side: int | None = None, gray: bool = False,
+               min_side: int | None = None) -> np.ndarray:
     """Decode ``path`` into a uint8 array, longest side at most ``max_side``.
+
+    ``min_side`` (for backends that resize the image themselves) only lets a
+    JPEG be decoded at reduced size while both sides stay at least that long.
 
     Raises ImageReadError with a one-line reason for anything that is not a
     readable image.
@@ -129,9 +133,10 @@ def load_image(path: str | os.PathLike, max_side: int | None = None, gray: bool 
                     raise ImageReadError(f"image too large ({w}x{h} pixels, limit {MAX_PIXELS:,})")
                 if w < 1 or h < 1:
                     raise ImageReadError("image has no pixels")
-                if max_side and im.format == "JPEG":
-                    # DCT scaling: decode at 1/2, 1/4 or 1/8 size, never below max_side.
-                    im.draft("L" if gray else "RGB", (max_side, max_side))
+                draft_side = max(max_side or 0, min_side or 0)
+                if draft_side and im.format == "JPEG":
+                    # DCT scaling: decode at 1/2, 1/4 or 1/8 size, both sides never below draft_side.
+                    im.draft("L" if gray else "RGB", (draft_side, draft_side))
                 im.load()
                 im = ImageOps.exif_transpose(im)
                 arr = _to_array(im, gray)
