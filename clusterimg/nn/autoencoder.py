@@ -273,8 +273,13 @@ def _with_leaves(skeleton, arrays: Sequence[np.ndarray]):
 # -- losses ---------------------------------------------------------------------
 
 
-def _loss_fn(options: AEOptions, perceptual_features: Callable | None):
-    """per_sample(model, x) -> (n,) losses of a batch x (n, S, S, C)."""
+def _loss_fn(options: AEOptions, perceptual_features: Callable | None, feature_scale: float = 1.0):
+    """per_sample(model, x) -> (n,) losses of a batch x (n, S, S, C).
+
+    perceptual: mean squared difference of the EfficientNet features of input
+    and reconstruction, divided by ``feature_scale`` (the variance of the
+    training images' features, so the term is ~1 for a blank reconstruction),
+    plus ``pixel_weight`` x the pixel mse."""
     import jax
     import jax.numpy as jnp
 
@@ -288,7 +293,7 @@ def _loss_fn(options: AEOptions, perceptual_features: Callable | None):
             return pixel(x, y, options.loss)
         fx = perceptual_features(x)
         fy = perceptual_features(y)
-        feat = jnp.mean((fx - fy) ** 2, axis=(1, 2, 3))
+        feat = jnp.mean((fx - fy) ** 2, axis=(1, 2, 3)) / feature_scale
         return feat + options.pixel_weight * pixel(x, y, "mse")
 
     return per_sample
@@ -495,7 +500,13 @@ def train(images: np.ndarray, options: AEOptions, progress: Callable[[EpochRepor
     train_idx, val_idx = _split(n, options)
     batch = min(options.batch_size, len(train_idx))
 
-    per_sample = _loss_fn(options, _perceptual_extractor(options) if options.loss == "perceptual" else None)
+    if options.loss == "perceptual":
+        features = _perceptual_extractor(options)
+        sample = x_all[train_idx[:: max(1, len(train_idx) // 256)]]
+        scale = max(float(np.var(np.asarray(jax.jit(features)(jnp.asarray(sample))))), 1e-6)
+        per_sample = _loss_fn(options, features, scale)
+    else:
+        per_sample = _loss_fn(options, None)
     optimiser = optax.adam(options.lr)
     if resume is not None:
         model = resume.model()
