@@ -173,7 +173,6 @@ def read_images(method: Method, paths: Sequence[str], source, *, workers: int, c
     ``workers`` processes and through the cache; unreadable files become
     ``skipped`` with their reason, and the run goes on."""
     files = [str(source(p)) for p in paths]
-    method.prepare(files)
     counts: dict[str, int] = {}
     extracted = extract_features(method, files, workers, bar, cache, counts)
     images = Images([], [], [], [], counts)
@@ -284,6 +283,11 @@ def cluster(
     source = Result([], [], [], 0, roots=roots).source
     twin_of = exact_copies([str(source(p)) for p in paths])
     timings["exact"] = time.perf_counter() - started - timings["discover"]
+    # A backend that learns from the folder (the autoencoder) trains here,
+    # before the cache opens: its model is part of the feature cache key.
+    if cache not in (True, False, None):
+        backend.model_dir = Path(cache) / "models"
+    backend.prepare([str(source(p)) for k, p in enumerate(paths) if k not in twin_of], bars)
     with cache_for(backend, cache, warn, cache_max_size) as store:
         t = time.perf_counter()
         unique = [p for k, p in enumerate(paths) if k not in twin_of]

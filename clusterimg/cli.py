@@ -852,3 +852,89 @@ def evaluate_command(manifest, truth, match, as_json):
     else:
         for line in ev.format_table(metrics):
             click.echo(line)
+
+
+
+
+# -- train-ae: train the autoencoder feature's model (self-contained block) ------------------------
+
+
+@main.command("train-ae")
+@click.argument("folder", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--save", "save_path", type=click.Path(path_type=Path, dir_okay=False), required=True,
+              help="Where to write the model (npz; use it with `run --method autoencoder --ae PATH`).")
+@click.option("--loss", type=click.Choice(["mse", "l1", "perceptual"]), default="mse", show_default=True,
+              help="Reconstruction loss; perceptual compares EfficientNet-Lite0 early features (+ pixel mse).")
+@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--latent", type=click.IntRange(min=1), default=64, show_default=True, help="Latent vector size.")
+@click.option("--input-size", type=click.IntRange(min=16), default=64, show_default=True,
+              help="Side of the square input images (a multiple of 16).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
+              help="Adam learning rate.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--augment", is_flag=True, help="Random horizontal flips and small shifts while training.")
+@click.option("--color", type=click.Choice(["auto", "gray", "rgb"]), default="auto", show_default=True,
+              help="Input channels; auto: gray when every image is.")
+@click.option("--resume", "resume_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Continue training a saved (e.g. interrupted) model up to --epochs.")
+@click.option("--plot", "plot_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Write loss_curves.png and reconstructions.png into this folder (needs matplotlib).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --save file.")
+@click.option("--recursive/--no-recursive", default=True, show_default=True, help="Descend into subfolders.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+@friendly_errors
+def train_ae_command(folder, save_path, loss, epochs, latent, input_size, batch_size, lr, seed, augment, color,
+                     resume_path, plot_dir, overwrite, recursive, quiet):
+    """Train a convolutional autoencoder on the images in FOLDER and save it.
+
+    Prints one line per epoch (loss, validation loss on 10 % held out, ETA).
+    Ctrl-C keeps the best epoch so far: it is saved, and --resume continues.
+    """
+    from clusterimg.features.autoencoder import read_images
+    from clusterimg.images import discover
+    from clusterimg.nn.autoencoder import AEOptions, TrainedAE, fingerprint, is_gray, to_input, train
+
+    if not folder.is_dir():
+        raise ClusterimgError(f"input folder not found: {folder}", exit_code=2)
+    if save_path.exists() and not overwrite and (resume_path is None or save_path.resolve() != resume_path.resolve()):
+        raise ClusterimgError(f"{save_path} exists (use --overwrite to replace it)", exit_code=2)
+    resume = TrainedAE.load(resume_path) if resume_path is not None else None
+    files, _ = discover(folder, recursive=recursive)
+    paths = [str(folder / f) for f in files]
+    say = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
+    images, _ = read_images(paths, input_size, tqdm_bars(show_progress(quiet)))
+    if len(images) < 2:
+        raise ClusterimgError(f"at least 2 readable images are needed in {folder} (found {len(images)})", exit_code=2)
+    if resume is not None:
+        options = AEOptions.from_json(dict(resume.options.to_json(), epochs=epochs))
+    else:
+        channels = {"gray": 1, "rgb": 3}.get(color) or (1 if all(is_gray(im) for im in images) else 3)
+        options = AEOptions(input_size=input_size, channels=channels, latent=latent, loss=loss, epochs=epochs,
+                            batch_size=batch_size, lr=lr, seed=seed, augment=augment)
+    try:
+        options.check()
+    except ValueError as e:
+        raise click.UsageError(str(e))
+    say(f"Training on {len(images)} images ({options.input_size} px, {'gray' if options.channels == 1 else 'RGB'}, "
+        f"loss {options.loss}, latent {options.latent})" + (f", from epoch {resume.epochs_done}" if resume else ""))
+    x = to_input(images, options.input_size, options.channels)
+
+    def line(r):
+        val = "-" if r.val_loss is None else f"{r.val_loss:.5f}"
+        eta = f"{int(r.eta // 60)}:{int(r.eta % 60):02d}"
+        say(f"epoch {r.epoch}/{r.epochs}  loss {r.loss:.5f}  val {val}  {r.seconds:.1f} s  ETA {eta}"
+            + ("  *" if r.best else ""))
+
+    model = train(x, options, progress=line, resume=resume, folder_fingerprint=fingerprint(paths))
+    model.save(save_path)
+    if model.interrupted:
+        click.echo(f"\nInterrupted: the best epoch so far is saved in {save_path}. Resume with: clusterimg train-ae "
+                   f"{folder} --save {save_path} --resume {save_path} --epochs {epochs}", err=True)
+        sys.exit(130)
+    say(f"Saved {save_path} ({model.epochs_done} epochs; reconstruction mse {model.reconstruction_error(x):.5f})")
+    if plot_dir is not None:
+        from clusterimg.nn.ae_plots import plot_training
+
+        written = plot_training(plot_dir, model, x)
+        say("Plots: " + ", ".join(str(p) for p in written))

@@ -208,7 +208,8 @@ def score_sample(
     if len(paths) < 2:
         raise ClusterimgError(f"{root} holds {len(paths)} image(s): nothing to compare", exit_code=2)
     chosen = sample_paths(paths, size, seed)
-    with api.cache_for(method, cache, cache_max_size) as store:
+    method.prepare([str(roots[0].source(p)) for p in chosen])
+    with api.cache_for(method, cache, max_size=cache_max_size) as store:
         images = api.read_images(method, chosen, roots[0].source, workers=workers or os.cpu_count() or 1,
                                  cache=store, bar=bars("reading sample"))
         scorer = PairScorer(method, images.files, store)

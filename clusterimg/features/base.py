@@ -47,6 +47,9 @@ class Method(Configurable):
     # Pairs scored per call (and per step of the progress bar): thousands for
     # vectorised backends, a few hundred for those that take milliseconds a pair.
     score_chunk: ClassVar[int] = 4096
+    # Where a backend that trains a model on the folder keeps it (None: the
+    # user cache folder's models/); the API points it at --cache-dir.
+    model_dir = None
     # Version of the feature format: bump it when extract() changes, so that
     # cached features of an older format are never reused.
     feature_version: ClassVar[int] = 1
