@@ -33,7 +33,8 @@ def main() -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     rows = []
     for method in args.method or ["phash", "orb", "scene"]:
-        with tempfile.TemporaryDirectory() as out:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = str(Path(tmp) / "out")
             start = time.perf_counter()
             subprocess.run([sys.executable, "-m", "clusterimg", "run", str(bench / "images"), "--method", method,
                             "--no-cache", "--transfer", "none", "--out", out], check=True, env=env,
