@@ -1,0 +1,142 @@
+"""The scene backend: one 3-D scene from two viewpoints must match; unrelated
+photos, a chessboard in two poses and two patches of one texture must not;
+degenerate images must not crash. Every image is made here (scikit-image's
+bundled samples, no files, no network)."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from skimage import data
+
+from clusterimg.features import get_method
+from clusterimg.features.scene import Scene, near_translation, scene_verify
+
+
+def gray(rgb: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+
+
+def plane_homography(k, r, t, normal, depth):
+    """Homography induced by the plane n.X = depth between two cameras."""
+    h = k @ (r - np.outer(t, normal) / depth) @ np.linalg.inv(k)
+    return h / h[2, 2]
+
+
+def two_views(background: np.ndarray, foreground: np.ndarray, turn_deg: float, step: float):
+    """A scene of two planes (a far background wall, a near board in front of
+    it) seen by a camera and by the same camera moved sideways by ``step``
+    and turned by ``turn_deg``: the near plane moves against the far one
+    (parallax), so no single homography maps one view onto the other."""
+    h, w = background.shape[:2]
+    k = np.array([[w, 0, w / 2], [0, w, h / 2], [0, 0, 1]], np.float64)
+    a = np.deg2rad(turn_deg)
+    r = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+    t = np.array([step, 0.0, 0.0])
+    normal = np.array([0.0, 0.0, 1.0])
+    fh, fw = foreground.shape[:2]
+    y0, x0 = (h - fh) // 2, (w - fw) // 3
+    first = background.copy()
+    first[y0:y0 + fh, x0:x0 + fw] = foreground
+    mask = np.zeros((h, w), np.uint8)
+    mask[y0:y0 + fh, x0:x0 + fw] = 255
+    far, near = plane_homography(k, r, t, normal, 4.0), plane_homography(k, r, t, normal, 1.0)
+    second = cv2.warpPerspective(background, far, (w, h), borderMode=cv2.BORDER_REFLECT)
+    board = cv2.warpPerspective(first, near, (w, h))
+    board_mask = cv2.warpPerspective(mask, near, (w, h)) > 127
+    second[board_mask] = board[board_mask]
+    return first, second
+
+
+def chessboard(poses: int = 2) -> list[np.ndarray]:
+    """One chessboard photographed in two poses before one plain wall."""
+    square = 32
+    board = np.kron((np.indices((7, 9)).sum(axis=0) % 2) * 255, np.ones((square, square))).astype(np.uint8)
+    board = cv2.copyMakeBorder(board, 16, 16, 16, 16, cv2.BORDER_CONSTANT, value=255)
+    bh, bw = board.shape
+    src = np.float32([[0, 0], [bw, 0], [bw, bh], [0, bh]])
+    views = []
+    for dst in (np.float32([[60, 50], [420, 80], [400, 330], [70, 350]]),
+                np.float32([[180, 120], [560, 100], [600, 420], [150, 400]]))[:poses]:
+        wall = np.full((480, 640), 120, np.uint8)
+        warped = cv2.warpPerspective(board, cv2.getPerspectiveTransform(src, dst), (640, 480), borderValue=0)
+        mask = cv2.warpPerspective(np.full_like(board, 255), cv2.getPerspectiveTransform(src, dst), (640, 480)) > 127
+        wall[mask] = warped[mask]
+        views.append(wall)
+    return views
+
+
+@pytest.fixture(scope="module")
+def method() -> Scene:
+    return get_method("scene")
+
+
+def score(method, a: np.ndarray, b: np.ndarray) -> float:
+    feats = [method.extract(a), method.extract(b)]
+    return float(method.score(method.stack(feats), np.array([0]), np.array([1]))[0])
+
+
+def test_identical_images_score_one(method):
+    photo = gray(data.astronaut())
+    assert score(method, photo, photo.copy()) == 1.0
+
+
+def test_viewpoint_change_of_a_3d_scene_matches(method):
+    wall = gray(data.coffee())
+    board = cv2.resize(gray(data.astronaut()), (220, 220), interpolation=cv2.INTER_AREA)
+    first, second = two_views(wall, board, turn_deg=6, step=0.35)
+    assert score(method, first, second) >= method.default_threshold
+    # the scene is not one plane: the fundamental matrix carries the evidence
+    inliers, info = scene_verify(method.extract(first), method.extract(second))
+    assert inliers > 0 and info["f_inliers"] > info["h_inliers"]
+
+
+def test_score_is_symmetric_and_repeatable(method):
+    wall = gray(data.coffee())
+    board = cv2.resize(gray(data.astronaut()), (220, 220), interpolation=cv2.INTER_AREA)
+    first, second = two_views(wall, board, turn_deg=6, step=0.35)
+    ab, ba = score(method, first, second), score(method, second, first)
+    assert ab == ba == score(method, first, second)
+
+
+@pytest.mark.parametrize("a,b", [("astronaut", "coffee"), ("chelsea", "rocket"), ("camera", "astronaut")])
+def test_unrelated_photos_stay_apart(method, a, b):
+    load = lambda name: getattr(data, name)() if name == "camera" else gray(getattr(data, name)())
+    assert score(method, load(a), load(b)) < method.default_threshold
+
+
+def test_chessboard_in_two_poses_stays_apart(method):
+    first, second = chessboard()
+    assert score(method, first, second) < method.default_threshold
+
+
+def test_two_patches_of_one_texture_stay_apart(method):
+    for texture in (data.brick(), data.gravel()):
+        h, w = texture.shape
+        left, right = texture[:, : w // 2], texture[:, w // 2:]
+        assert score(method, np.ascontiguousarray(left), np.ascontiguousarray(right)) < method.default_threshold
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (64, 64), (3, 500)])
+def test_blank_and_tiny_images_do_not_crash(method, shape):
+    blank = np.zeros(shape, np.uint8)
+    photo = gray(data.astronaut())
+    assert score(method, blank, photo) == 0.0
+    assert 0.0 <= score(method, blank, blank.copy()) <= 1.0
+
+
+def test_a_shift_is_a_translation_a_turn_is_not():
+    shift = np.array([[1, 0, 12.0], [0, 1, -3.0], [0, 0, 1]])
+    turn = cv2.getRotationMatrix2D((100, 100), 10, 1.0)
+    assert near_translation(shift)
+    assert not near_translation(np.vstack([turn, [0, 0, 1]]))
+
+
+def test_listed_with_its_options():
+    from clusterimg.features import available
+
+    assert "scene" in available()
+    method = get_method("scene", scene_side=320)
+    assert method.decode_side == 320
+    with pytest.raises(ValueError):
+        get_method("scene", scene_side=10)
