@@ -76,26 +76,29 @@ def browse(out: Path, shots: Path) -> None:
                          " const t1 = performance.now(); document.getElementById('prev').click();"
                          " return [Math.round(t1 - t0), Math.round(performance.now() - t1)]; })()"))
         (shots / "1-first-page.png").write_bytes(p.screenshot())
-        p.key("ArrowRight", key_code=39)
-        p.wait_for("document.body.dataset.page === '2'")
-        p.wait_for(loaded)
-        print("after ArrowRight:", p.evaluate("document.getElementById('pageinfo').textContent"),
-              "first cluster", p.evaluate("document.querySelector('section.cluster').id"))
-        (shots / "2-second-page.png").write_bytes(p.screenshot())
-        p.evaluate("(() => { const f = document.getElementById('filter'); f.value = 'g0042';"
-                   " f.dispatchEvent(new Event('input')); })()")
-        p.wait_for("document.getElementById('pageinfo').textContent.includes('matching')")
-        p.wait_for(loaded)
-        print("filter g0042:", p.evaluate("document.getElementById('pageinfo').textContent"))
-        (shots / "3-filter.png").write_bytes(p.screenshot())
-        p.evaluate("(() => { const f = document.getElementById('filter'); f.value = '';"
-                   " f.dispatchEvent(new Event('input')); document.getElementById('tab-outliers').click(); })()")
-        p.wait_for("document.getElementById('tab-outliers').getAttribute('aria-pressed') === 'true'"
-                   " && !document.getElementById('pageinfo').textContent.includes('matching')")
-        p.wait_for(loaded)
-        print("outliers tab:", p.evaluate("document.getElementById('pageinfo').textContent"),
-              "images", p.evaluate("document.images.length"))
-        (shots / "4-outliers.png").write_bytes(p.screenshot())
+        if facts["page"].startswith("page 1 / 1"):
+            print("one page: no paging, filter or outliers steps")
+        else:
+            p.key("ArrowRight", key_code=39)
+            p.wait_for("document.body.dataset.page === '2'")
+            p.wait_for(loaded)
+            print("after ArrowRight:", p.evaluate("document.getElementById('pageinfo').textContent"),
+                  "first cluster", p.evaluate("document.querySelector('section.cluster').id"))
+            (shots / "2-second-page.png").write_bytes(p.screenshot())
+            p.evaluate("(() => { const f = document.getElementById('filter'); f.value = 'g0042';"
+                       " f.dispatchEvent(new Event('input')); })()")
+            p.wait_for("document.getElementById('pageinfo').textContent.includes('matching')")
+            p.wait_for(loaded)
+            print("filter g0042:", p.evaluate("document.getElementById('pageinfo').textContent"))
+            (shots / "3-filter.png").write_bytes(p.screenshot())
+            p.evaluate("(() => { const f = document.getElementById('filter'); f.value = '';"
+                       " f.dispatchEvent(new Event('input')); document.getElementById('tab-outliers').click(); })()")
+            p.wait_for("document.getElementById('tab-outliers').getAttribute('aria-pressed') === 'true'"
+                       " && !document.getElementById('pageinfo').textContent.includes('matching')")
+            p.wait_for(loaded)
+            print("outliers tab:", p.evaluate("document.getElementById('pageinfo').textContent"),
+                  "images", p.evaluate("document.images.length"))
+            (shots / "4-outliers.png").write_bytes(p.screenshot())
         print("console errors:", b.errors)
         print("console messages:", b.console)
     print(f"screenshots in {shots}")
