@@ -76,9 +76,12 @@ def friendly_errors(fn):
             state, out = (ctx.meta.get("clusterimg.interrupted") if ctx is not None else None) or (None, None)
             click.echo("\n" + interrupt_message(state, out, bool(kwargs.get("no_cache"))), err=True)
             sys.exit(130)
+        except BrokenPipeError:  # `clusterimg ... | head`: the reader has gone, nothing to say
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
         except OSError as e:  # the last guard: one line, never a traceback
-            name = f" {e.filename}" if getattr(e, "filename", None) else ""
-            click.echo(f"Error:{printable(name)}: {e.strerror or e}", err=True)
+            name = f" {e.filename}:" if getattr(e, "filename", None) else ""
+            click.echo(f"Error:{printable(name)} {e.strerror or e}", err=True)
             sys.exit(1)
 
     return wrapper
