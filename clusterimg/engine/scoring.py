@@ -45,6 +45,7 @@ class PairScorer:
         self.cache = cache if (cache is not None and method.cache_scores) else None
         self.keys = [file_key(f) for f in files] if self.cache is not None else []
         self.known = self.cache.get_scores([k for k in self.keys if k is not None]) if self.cache else {}
+        self.stored_before = set(self.known)  # "reused" counts these: scores an earlier run left in the cache
         self.computed = 0
         self.reused = 0
         # Scores of this run by global pair (a << 32 | b, a < b): only for
@@ -100,6 +101,8 @@ class PairScorer:
                 a, b = self.keys[x], self.keys[y]
                 key = None if a is None or b is None else (min(a, b), max(a, b))
                 value = self.known.get(key) if key is not None else None
+                if value is not None and key in self.stored_before:
+                    self.reused += 1
             if value is None:
                 missing.append(pos)
                 pair_keys.append(key)
@@ -108,7 +111,6 @@ class PairScorer:
                 out[pos] = value
                 if m is not None:
                     self.memo[m] = value
-        self.reused += len(i) - len(missing)
         if not missing:
             return out
         missing_arr = np.asarray(missing, dtype=np.int64)
