@@ -88,15 +88,16 @@ def find_pairs(
     """
     score_fn = score_fn or (lambda a, b: method.score(stacked, a, b))
     proposed = None if exhaustive else method.candidates(stacked, floor)
+    chunk = getattr(method, "score_chunk", CHUNK)  # pairs per scoring call and progress step
     if proposed is None:
         total = n * (n - 1) // 2
-        pieces: Iterator = all_pairs(n, method.score_chunk)
+        pieces: Iterator = all_pairs(n, chunk)
     else:
         pi, pj = (np.asarray(a, dtype=np.int64) for a in proposed)
         lo, hi = np.minimum(pi, pj), np.maximum(pi, pj)
         key = np.unique(lo[lo != hi] * n + hi[lo != hi])  # sorted, deduplicated: deterministic
         total = len(key)
-        pieces = chunks(key // n, key % n, method.score_chunk)
+        pieces = chunks(key // n, key % n, chunk)
     keep_i, keep_j, keep_s = [], [], []
     with (bar or NoBar)(total) as shown:
         for i, j in pieces:
