@@ -10,6 +10,7 @@ optional ``progress`` bar factory.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import time
@@ -32,7 +33,7 @@ from clusterimg.features.base import Feature, Method
 from clusterimg.images import Skipped, discover
 from clusterimg.options import flag_of
 from clusterimg.progress import no_bar, tqdm_bars
-from clusterimg.result import Cluster, Result, Root
+from clusterimg.result import Cluster, Result, Root, is_reference, source_of
 
 DEFAULT_METHOD = "phash"
 DEFAULT_BATCH_SIZE = 1000
@@ -280,30 +281,29 @@ def cluster(
     paths, skipped = find_images(roots, recursive=recursive, exclude=Path(exclude) if exclude else None,
                                  exclude_globs=exclude_globs)
     timings = {"discover": time.perf_counter() - started}
-    source = Result([], [], [], 0, roots=roots).source
+    source = functools.partial(source_of, roots)
     twin_of = exact_copies([str(source(p)) for p in paths])
+    unique = [p for k, p in enumerate(paths) if k not in twin_of]  # exact copies are not read twice
     timings["exact"] = time.perf_counter() - started - timings["discover"]
+    workers = workers or os.cpu_count() or 1
     # A backend that learns from the folder (the autoencoder) trains here,
     # before the cache opens: its model is part of the feature cache key.
     if cache not in (True, False, None):
         backend.model_dir = Path(cache) / "models"
-    backend.prepare([str(source(p)) for k, p in enumerate(paths) if k not in twin_of], bars)
+    backend.prepare([str(source(p)) for p in unique], bars)
     with cache_for(backend, cache, warn, cache_max_size) as store:
         t = time.perf_counter()
-        unique = [p for k, p in enumerate(paths) if k not in twin_of]
-        images = read_images(backend, unique, source, workers=workers or os.cpu_count() or 1, cache=store,
-                             bar=bars("reading images"))
+        images = read_images(backend, unique, source, workers=workers, cache=store, bar=bars("reading images"))
         timings["extract"] = time.perf_counter() - t
         t = time.perf_counter()
         used = backend.default_threshold if threshold is None else float(threshold)
-        with PairScorer(backend, images.files, store, features=images.features,
-                        workers=workers or os.cpu_count() or 1) as scorer:
+        with PairScorer(backend, images.files, store, features=images.features, workers=workers) as scorer:
             groups = model.cluster(backend, images.features, scorer, threshold=used, batch_size=batch_size,
                                    exhaustive=exhaustive, bars=bars)
         timings["cluster"] = time.perf_counter() - t
     clusters, outliers = name_groups(groups, images.paths)
     if any(r.reference for r in roots):
-        is_ref = Result([], [], [], 0, roots=roots).is_reference
+        is_ref = functools.partial(is_reference, roots)
         clusters = [prefer_reference(c, is_ref, backend, dict(zip(images.paths, images.features)))
                     for c in clusters]
     copies = {}

@@ -46,6 +46,24 @@ class Root:
         return self.path / rel
 
 
+def source_of(roots: list[Root], path: str) -> Path:
+    """The file behind a path: relative to the one unlabelled root, or
+    ``label/rest`` with several."""
+    if len(roots) == 1 and not roots[0].label:
+        return roots[0].source(path)
+    label, _, rel = path.partition("/")
+    for root in roots:
+        if root.label == label:
+            return root.source(rel)
+    raise KeyError(path)
+
+
+def is_reference(roots: list[Root], path: str) -> bool:
+    """Whether ``path`` lies in a reference folder."""
+    label = path.partition("/")[0]
+    return any(r.reference and r.label == label for r in roots)
+
+
 @dataclass
 class Result:
     """The clusters of one run. ``clusters`` are in output order (largest
@@ -70,18 +88,11 @@ class Result:
 
     def source(self, path: str) -> Path:
         """The file behind a path of this result (a member, outlier or skipped path)."""
-        if len(self.roots) == 1 and not self.roots[0].label:
-            return self.roots[0].source(path)
-        label, _, rel = path.partition("/")
-        for root in self.roots:
-            if root.label == label:
-                return root.source(rel)
-        raise KeyError(path)
+        return source_of(self.roots, path)
 
     def is_reference(self, path: str) -> bool:
         """Whether ``path`` lies in a reference folder."""
-        label = path.partition("/")[0]
-        return any(r.reference and r.label == label for r in self.roots)
+        return is_reference(self.roots, path)
 
     def manifest(self, transfer: str = "none") -> dict[str, Any]:
         """The clusters.json object (outputs planned for ``transfer``; null with "none")."""
