@@ -48,7 +48,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +56,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from clusterimg import __version__
+from clusterimg.atomic import atomic_file
 from clusterimg.errors import ClusterimgError
 from clusterimg.features import get_method
 from clusterimg.features.base import Feature, Method
@@ -375,16 +375,9 @@ class ClusterModel:
         buf = io.BytesIO()
         np.savez(buf, **self._arrays())
         text = json.dumps(self.to_json(), indent=1, ensure_ascii=False, allow_nan=False)
-        fd, tmp = tempfile.mkstemp(prefix=".clusterimg-model-", suffix=".tmp", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED) as z:
-                z.writestr(_entry(MODEL_JSON), text)
-                z.writestr(_entry(FEATURES_NPZ), buf.getvalue())
-            os.replace(tmp, path)
-        except BaseException:
-            with _suppress():
-                os.unlink(tmp)
-            raise
+        with atomic_file(path, prefix=".clusterimg-model-") as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr(_entry(MODEL_JSON), text)
+            z.writestr(_entry(FEATURES_NPZ), buf.getvalue())
         return path
 
 
@@ -392,14 +385,6 @@ def _entry(name: str) -> zipfile.ZipInfo:
     info = zipfile.ZipInfo(name, date_time=(2000, 1, 1, 0, 0, 0))  # same content -> same bytes
     info.compress_type = zipfile.ZIP_DEFLATED
     return info
-
-
-class _suppress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return exc[0] is not None and issubclass(exc[0], OSError)
 
 
 # -- building a model ---------------------------------------------------------------

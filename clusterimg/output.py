@@ -37,6 +37,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Sequence
 
 from clusterimg import __version__
+from clusterimg.atomic import atomic_file
 from clusterimg.errors import ClusterimgError
 from clusterimg.result import Result
 
@@ -176,22 +177,11 @@ def dumps_json(data: Any) -> str:
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON so that a crash leaves either the old file or the new one."""
     text = dumps_json(data) + "\n"
-    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with atomic_file(path, binary=False, prefix=".tmp-", suffix=".json") as f:
             f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
     except OSError as e:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
         raise ClusterimgError(f"cannot write {path}: {e.strerror or e}")
-    except BaseException:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _read_json(path: Path, what: str) -> Any:

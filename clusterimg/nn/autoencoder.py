@@ -23,7 +23,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from clusterimg.atomic import atomic_file
 from clusterimg.errors import ClusterimgError
 
 FORMAT = "clusterimg-autoencoder"
@@ -420,17 +420,8 @@ class TrainedAE:
             arrays.update({f"o{k}": np.asarray(a) for k, a in enumerate(self.opt_state)})
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        with atomic_file(path, prefix=f".{path.name}.", suffix=".part") as f:
+            np.savez(f, **arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TrainedAE":

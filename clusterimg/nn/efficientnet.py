@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
 import numpy as np
 
+from clusterimg.atomic import atomic_file
 from clusterimg.errors import ClusterimgError
 
 # Bump when build_onnx() would write another graph from the same weights: the
@@ -262,17 +262,8 @@ def model_file(cache_dir: str | os.PathLike | None = None) -> Path:
     model = build_onnx(load_torch_state_dict(weights))
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".building-", suffix=".onnx", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(model.SerializeToString())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        with atomic_file(path, prefix=".building-", suffix=".onnx") as f:
+            f.write(model.SerializeToString())
     except OSError as e:
         raise ClusterimgError(f"cannot write the built model into {folder}: {e.strerror or e} (use --cache-dir)")
     return path

@@ -20,12 +20,12 @@ import multiprocessing
 import os
 import re
 import signal
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from clusterimg.atomic import atomic_file
 from clusterimg.dedupe import Facts, choose, input_file, load_manifest, read_journal
 from clusterimg.output import write_json_atomic
 from clusterimg.progress import no_bar
@@ -72,15 +72,8 @@ def make_thumbnail(src: str, dst: str) -> dict[str, Any]:
     except Exception as e:  # one odd file never stops the report
         return {"error": f"cannot read image: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
     im = Image.fromarray(arr)
-    fd, tmp = tempfile.mkstemp(prefix=".part-", suffix=".jpg", dir=os.path.dirname(dst))
-    os.close(fd)
-    try:
-        im.save(tmp, "JPEG", quality=82, optimize=True)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_file(dst, suffix=".jpg", permissions=0o644) as f:
+        im.save(f, "JPEG", quality=82, optimize=True)
     return {"w": im.width, "h": im.height, "ow": ow, "oh": oh}
 
 
@@ -294,14 +287,7 @@ def build_report(out_dir: Path, manifest: dict | None = None, *, workers: int = 
     page = PAGE.format(title=html.escape(title), css=CSS, header=_header(manifest, plots),
                        data=_json_for_script(data), js=JS)
     target = out / REPORT
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".html", dir=out)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(page)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_file(target, binary=False, prefix=".tmp-", suffix=".html", permissions=0o644) as f:
+        f.write(page)
     return target
 
