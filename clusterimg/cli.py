@@ -18,6 +18,7 @@ from clusterimg.cache import ENV_VAR, default_cache_dir
 from clusterimg.clustering import available_clusterers
 from clusterimg.errors import ClusterimgError
 from clusterimg.features import available
+from clusterimg.maps import require_matplotlib
 from clusterimg.output import (MANIFEST, PENDING, TRANSFERS, check_paths, default_out, dumps_json, finish_job,
                                write_output)
 from clusterimg.progress import tqdm_bars
@@ -218,7 +219,7 @@ def run(folders, method, cluster, threshold, out, transfer, overwrite, resume, e
         if backend.kind != "vector":
             raise click.UsageError(f"--plot draws maps of vector methods; {method} compares pairs "
                                    "(see `clusterimg threshold --plot`)")
-        th.require_matplotlib()  # before the work, not after
+        require_matplotlib()  # before the work, not after
     # A pipe (`--transfer none --json | jq`) writes nothing, so it can run again.
     to_disk = not (transfer == "none" and out_format and out is None) or with_report or with_plots
     if out is None:
@@ -230,7 +231,7 @@ def run(folders, method, cluster, threshold, out, transfer, overwrite, resume, e
         (lambda msg: click.echo(printable(msg)))
     warn = lambda msg: click.echo(f"Warning: {printable(msg)}", err=True)
     roots = api.resolve_inputs(folders, reference)  # a bad input is refused before the output is touched
-    if to_disk and not no_cache and _is_inside(cache_dir or default_cache_dir(), out):
+    if to_disk and not no_cache and (cache_dir or default_cache_dir()).resolve().is_relative_to(out.resolve()):
         raise click.UsageError("the cache folder cannot be inside the output folder (use --cache-dir)")
     command = {"method": method, "transfer": transfer,
                "threshold": (threshold if threshold is not None else backend.default_threshold)
@@ -368,14 +369,6 @@ def cache_line(result) -> str:
     return text + "."
 
 
-def _is_inside(path: Path, folder: Path) -> bool:
-    try:
-        path.resolve().relative_to(folder.resolve())
-        return True
-    except ValueError:
-        return False
-
-
 def summary_line(manifest: dict, out: Path | None) -> str:
     s = manifest["stats"]
     if manifest.get("threshold") is not None:
@@ -425,7 +418,7 @@ def threshold_command(ctx, folder, method, sample_size, seed, recursive, workers
     """
     check_options(method, "graph", kwargs)
     if plot is not None:
-        th.require_matplotlib()  # before the work, not after
+        require_matplotlib()  # before the work, not after
     backend, _ = api.configure(method, "graph", **kwargs)
     options = {k: v for k, v in kwargs.items() if v is not None}
     interactive = sys.stdin.isatty() if ask is None else ask

@@ -199,34 +199,26 @@ def _stat(path: Path) -> os.stat_result | None:
     return st if stat_mod.S_ISREG(st.st_mode) else None
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    try:
-        path.relative_to(folder)
-        return True
-    except ValueError:
-        return False
-
-
 def _check_trash(trash: Path, out_dir: Path, target: str, manifest: dict[str, Any], root: Path | None) -> None:
     out = out_dir.resolve()
     if trash.exists() and not trash.is_dir():
         raise ClusterimgError(f"trash path exists and is not a folder: {trash}", exit_code=2)
-    if _inside(out, trash):
+    if out.is_relative_to(trash):
         raise ClusterimgError(f"the trash folder {trash} contains the output folder; choose another --trash",
                               exit_code=2)
     tops = {PurePosixPath(e["output"]).parts[0] for c in manifest.get("clusters", []) for e in c["members"]
             if e.get("output")}
     tops |= {PurePosixPath(e["output"]).parts[0] for e in manifest.get("outliers", []) if e.get("output")}
     for top in tops:
-        if _inside(trash, out / top):
+        if trash.is_relative_to(out / top):
             raise ClusterimgError(f"the trash folder {trash} is inside the output's {top}/ folder; choose another "
                                   "--trash", exit_code=2)
     roots = [Path(p).resolve() for p in (manifest.get("roots") or {}).values()] or ([root.resolve()] if root else [])
     for r in roots:
-        if _inside(r, trash):
+        if r.is_relative_to(trash):
             raise ClusterimgError(f"the trash folder {trash} contains the input folder {r}; choose another --trash",
                                   exit_code=2)
-        if _inside(trash, r) and not _inside(trash, out):
+        if trash.is_relative_to(r) and not trash.is_relative_to(out):
             raise ClusterimgError(f"the trash folder {trash} is inside the input folder {r} (a later run would read "
                                   "it again); choose another --trash", exit_code=2)
 
@@ -443,7 +435,7 @@ def undo(out_dir: Path, *, bars=no_bar) -> int:
             shown.update(1)
     trash = Path(job["trash"])
     for folder in sorted({Path(m.dst).parent for m in moves}, key=lambda p: -len(p.parts)):
-        while folder != trash.parent and _inside(folder, trash):
+        while folder != trash.parent and folder.is_relative_to(trash):
             try:
                 folder.rmdir()  # only empty folders, only ours
             except OSError:

@@ -24,7 +24,7 @@ def require_matplotlib():
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        raise ClusterimgError("--plot needs matplotlib: pip install matplotlib (or clusterimg[plot])", exit_code=2)
+        raise ClusterimgError("--plot needs matplotlib: pip install 'clusterimg[plot]'", exit_code=2)
     return Figure
 
 

@@ -303,24 +303,14 @@ def run_command(folder: str, method: str, threshold: float, options: dict, *, re
 # -- pictures (optional extra) -------------------------------------------------------
 
 
-def require_matplotlib():
-    """matplotlib.pyplot (Agg), or a one-line error saying how to install it."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ClusterimgError("--plot needs matplotlib: pip install 'clusterimg[plot]'", exit_code=2)
-    return plt
-
-
 def plot_curve(path: Path, rows: Sequence[Row], total: int, suggestion: Suggestion | None,
                chosen: float | None = None) -> None:
     """The curve as a picture: images clustered and clusters (estimated) against threshold."""
-    plt = require_matplotlib()
+    from clusterimg.maps import require_matplotlib
+
+    fig = require_matplotlib()(figsize=(8, 4.5))
+    ax = fig.subplots()
     t = [r.threshold for r in rows]
-    fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.plot(t, [r.est_images for r in rows], label="images clustered")
     ax.plot(t, [r.est_clusters for r in rows], label="clusters")
     if suggestion is not None:
@@ -338,8 +328,6 @@ def plot_curve(path: Path, rows: Sequence[Row], total: int, suggestion: Suggesti
         fig.savefig(path, dpi=100)
     except OSError as e:
         raise ClusterimgError(f"cannot write {path}: {e.strerror or e}")
-    finally:
-        plt.close(fig)
 
 
 def contact_strip(path: Path, root: Path, above: Sequence[Pair], below: Sequence[Pair], side: int = 128) -> None:

@@ -88,49 +88,18 @@ class Edges:
         return total
 
 
-def similarity_to(
-    method: Method, features: Sequence[Feature], members: Sequence[int], rep: int, scorer: PairScorer
-) -> np.ndarray:
-    """Scores of every member against member ``rep`` (positions in ``members``)."""
-    stacked = method.stack([features[k] for k in members])
-    others = np.array([p for p in range(len(members)) if p != rep], dtype=np.int64)
-    scores = np.ones(len(members))
-    if len(others):
-        scores[others] = scorer.score(stacked, np.asarray(members), np.full(len(others), rep, dtype=np.int64), others)
-    return scores
-
-
-def choose_representative(
-    method: Method, features: Sequence[Feature], members: Sequence[int], strength: np.ndarray | None,
-    scorer: PairScorer,
-) -> tuple[int, np.ndarray]:
-    """(position of the representative in ``members``, each member's score to it).
-
-    The representative is the member most similar to all the others, not the
-    first file listed: it stands for the cluster in the merge stage, so it
-    should be its most typical image.
-    """
-    if len(members) == 1:
-        return 0, np.ones(1)
-    if len(members) <= FULL_MATRIX_MAX:
-        stacked = method.stack([features[k] for k in members])
-        iu, ju = np.triu_indices(len(members), k=1)
-        sim = np.eye(len(members))
-        sim[iu, ju] = sim[ju, iu] = scorer.score(
-            stacked, np.asarray(members), iu.astype(np.int64), ju.astype(np.int64))
-        rep = medoid(sim)
-        return rep, sim[rep]
-    rep = int(np.argmax(strength[np.asarray(members)]))
-    return rep, similarity_to(method, features, members, rep, scorer)
-
-
 def representatives(
     method: Method, features: Sequence[Feature], groups: Sequence[Sequence[int]], strength: np.ndarray | None,
     scorer: PairScorer,
 ) -> list[tuple[int, np.ndarray]]:
-    """:func:`choose_representative` for many groups at once: the pairs of all
-    groups go to the scorer in one call (so its workers share the work, and
-    pairs it has already scored are looked up, not scored again)."""
+    """(position of the representative in its group, each member's score to
+    it) for every group. The representative is the member most similar to
+    all the others (the medoid of the full similarity matrix for groups up to
+    FULL_MATRIX_MAX, else the member with the largest sum of found pair
+    scores), not the first file listed: it stands for the group in the merge
+    stage, so it should be its most typical image. The pairs of all groups go
+    to the scorer in one call (so its workers share the work, and pairs it
+    has already scored are looked up, not scored again)."""
     plans, all_i, all_j, total = [], [], [], 0
     for members in groups:
         members = np.asarray(members, dtype=np.int64)
