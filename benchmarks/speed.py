@@ -27,6 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from scale import score  # noqa: E402  (score.py on a manifest, as scale.py runs it)
+
 ROOT = Path(__file__).resolve().parents[1]
 # ../shared/bench from the project's root (or from the root of a worktree one level deeper)
 BENCH = next((p / "shared" / "bench" for p in (ROOT.parent, ROOT.parents[1]) if (p / "shared" / "bench").is_dir()),
@@ -85,12 +88,6 @@ def timed_run(args: list[str], env: dict, cwd: Path) -> tuple[float, int, float,
         time.sleep(0.1)
     wall = time.perf_counter() - start
     return wall, peak, sum(cpu.values()), proc.returncode
-
-
-def score(truth: Path, manifest: Path) -> dict:
-    out = subprocess.run([sys.executable, str(BENCH / "score.py"), str(truth), str(manifest)],
-                         capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> int:

@@ -54,10 +54,11 @@ def model_options(command):
     return command
 
 
-def check_options(method: str, cluster: str | None, options: dict) -> None:
-    """Refuse options that do not fit the method and model, before any work."""
+def check_options(method: str, cluster: str | None, options: dict):
+    """The backend and clustering model of these options; a usage error, before
+    any work, for options that do not fit them."""
     try:
-        api.configure(method, cluster, **options)
+        return api.configure(method, cluster, **options)
     except ValueError as e:
         raise click.UsageError(str(e))
 
@@ -212,8 +213,7 @@ def run(folders, method, cluster, threshold, out, transfer, overwrite, resume, e
     Features and pair scores are kept in a cache: another run on the same
     folders (at another threshold, or after Ctrl-C) reuses them.
     """
-    check_options(method, cluster, options)
-    backend, model = api.configure(method, cluster, **options)
+    backend, model = check_options(method, cluster, options)
     out_format = out_format or ("json" if as_json else None)
     if with_plots:
         if backend.kind != "vector":
@@ -416,10 +416,9 @@ def threshold_command(ctx, folder, method, sample_size, seed, recursive, workers
     prints the `clusterimg run` command, or runs it with --run. The features
     and scores computed here are cached, so that run does not repeat them.
     """
-    check_options(method, "graph", kwargs)
+    backend, _ = check_options(method, "graph", kwargs)
     if plot is not None:
         require_matplotlib()  # before the work, not after
-    backend, _ = api.configure(method, "graph", **kwargs)
     options = {k: v for k, v in kwargs.items() if v is not None}
     interactive = sys.stdin.isatty() if ask is None else ask
     sample = th.score_sample(folder, backend, sample_size, seed, recursive=recursive, workers=workers,
