@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import fnmatch
 import io
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -180,6 +181,16 @@ def _to_array(im: Image.Image, gray: bool) -> np.ndarray:
     return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
 
 
+def draft_size(w: int, h: int, max_side: int | None, min_side: int | None, reduce_only: bool) -> tuple[int, int]:
+    """The smallest size a w x h JPEG may be decoded at: both sides at least
+    ``min_side``, and at least ``max_side`` (both sides when ``reduce_only``,
+    since the backend makes its own thumbnail from it; else the longest
+    side, since the image is then resized to exactly that)."""
+    lower = max(min_side or 0, max_side or 0 if reduce_only else 0)
+    scale = (max_side or 0) / max(w, h)
+    return max(lower, math.ceil(w * scale)), max(lower, math.ceil(h * scale))
+
+
 def load_image(path: str | os.PathLike, max_side: int | None = None, gray: bool = False,
                min_side: int | None = None, *, reduce_only: bool = False) -> np.ndarray:
     """Decode ``path`` (a file name, or a binary file object such as
@@ -206,10 +217,9 @@ def load_image(path: str | os.PathLike, max_side: int | None = None, gray: bool 
                     raise ImageReadError(f"image too large ({w}x{h} pixels, limit {MAX_PIXELS:,})")
                 if w < 1 or h < 1:
                     raise ImageReadError("image has no pixels")
-                draft_side = max(max_side or 0, min_side or 0)
-                if draft_side and im.format == "JPEG":
-                    # DCT scaling: decode at 1/2, 1/4 or 1/8 size, both sides never below draft_side.
-                    im.draft("L" if gray else "RGB", (draft_side, draft_side))
+                if im.format == "JPEG" and (max_side or min_side):
+                    # DCT scaling: decode at 1/2, 1/4 or 1/8 size, no smaller than draft_size.
+                    im.draft("L" if gray else "RGB", draft_size(w, h, max_side, min_side, reduce_only))
                 im.load()
                 im = ImageOps.exif_transpose(im)
                 arr = _to_array(im, gray)

@@ -111,7 +111,10 @@ def test_candidates_propose_the_true_partners(photo, others):
     method = get_method("orb", candidates=3)
     images = [photo, *[EDITS[name](photo) for name in sorted(EDITS)], *others]
     stacked = method.stack([method.extract(im) for im in images])
-    i, j = method.candidates(stacked, method.default_threshold)
+    i, j, rank = method.candidates(stacked, method.default_threshold)
+    # each image's candidates come nearest first, ranked 0, 1, 2
+    for image in np.unique(i):
+        assert rank[i == image].tolist() == list(range((i == image).sum()))
     proposed = {(min(a, b), max(a, b)) for a, b in zip(i.tolist(), j.tolist())}
     assert all((0, k) in proposed for k in range(1, len(EDITS) + 1))
     # deterministic: the same pairs on a second call and on a fresh stack

@@ -124,6 +124,7 @@ def test_ctrl_c_during_parallel_scoring_exits_130_and_resumes(tmp_path, monkeypa
     assert plain.exit_code == 0, plain.output
 
     monkeypatch.setattr(scoring, "SCORE_PIECE", 16)  # several pieces, so Ctrl-C comes mid-way
+    monkeypatch.setattr(scoring, "MIN_PAIRS_FOR_POOL", 8)  # 38 images: rounds of fewer than 48 pairs
     original = Cache.put_scores
     seen = {"n": 0, "workers": 0}
     real = PairScorer._score_in_workers

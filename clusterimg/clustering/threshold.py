@@ -15,6 +15,9 @@ from clusterimg.clustering.base import Clusterer, Group, Groups
 
 # Clusters up to this size get their representative from the full matrix of
 # member similarities; larger ones from the sum of their found pair scores.
+# Backends whose pair scores cost milliseconds (``parallel_scores``) always
+# take the second way: the full matrix would score every pair of a cluster
+# that the search took care to leave out.
 FULL_MATRIX_MAX = 32
 
 
@@ -101,12 +104,13 @@ def representatives(
     to the scorer in one call (so its workers share the work, and pairs it
     has already scored are looked up, not scored again)."""
     plans, all_i, all_j, total = [], [], [], 0
+    full_max = 0 if method.parallel_scores else FULL_MATRIX_MAX
     for members in groups:
         members = np.asarray(members, dtype=np.int64)
         if len(members) == 1:
             plans.append(("one", None, 0, 0))
             continue
-        if len(members) <= FULL_MATRIX_MAX:
+        if len(members) <= full_max:
             iu, ju = np.triu_indices(len(members), k=1)
             all_i.append(members[iu]), all_j.append(members[ju])
             plans.append(("full", (iu, ju), total, len(iu)))
@@ -164,7 +168,8 @@ def group_features(
         stacked = method.stack([features[k] for k in batch])
         label = f"pairs (batch {number}/{len(batches)})" if len(batches) > 1 else "pairs"
         i, j, s = find_pairs(method, stacked, len(batch), threshold, exhaustive=exhaustive,
-                             score_fn=scorer.score_fn(stacked, batch), bar=bars(label))
+                             score_fn=scorer.score_fn(stacked, batch), bar=bars(label),
+                             joined=UnionFind(len(batch)) if method.parallel_scores else None)
         i, j = i + batch.start, j + batch.start
         uf.union_pairs(i, j)
         edges.add(i, j, s)
@@ -181,6 +186,7 @@ def group_features(
         i, j, s = find_pairs(
             method, stacked, len(reps), threshold, exhaustive=exhaustive,
             group=np.asarray(rep_batch), score_fn=scorer.score_fn(stacked, reps), bar=bars("pairs (merge stage)"),
+            joined=UnionFind(len(reps)) if method.parallel_scores else None,
         )
         uf.union_pairs(reps_arr[i], reps_arr[j])
         edges.add(reps_arr[i], reps_arr[j], s)

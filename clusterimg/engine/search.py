@@ -41,10 +41,12 @@ def chunks(i: np.ndarray, j: np.ndarray, chunk: int = CHUNK) -> Iterator[tuple[n
 
 
 def top_k_pairs(
-    similarity_rows: Callable[[int, int], np.ndarray], n: int, k: int, block: int = 512, above: float | None = None
-) -> tuple[np.ndarray, np.ndarray]:
+    similarity_rows: Callable[[int, int], np.ndarray], n: int, k: int, block: int = 512, above: float | None = None,
+    *, with_rank: bool = False,
+):
     """Candidate pairs (i, j), i != j: each row's ``k`` most similar other rows
-    (only those scoring more than ``above``, when given).
+    (only those scoring more than ``above``, when given); with ``with_rank``
+    also each pair's rank in its row (0: the row's nearest).
 
     ``similarity_rows(start, stop)`` returns the (stop - start, n) similarities
     of rows start..stop-1 to all rows; blocks keep memory at block * n. Ties
@@ -52,8 +54,9 @@ def top_k_pairs(
     """
     k = min(k, n - 1)
     if k <= 0:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
-    out_i, out_j = [], []
+        empty = np.empty(0, np.int64)
+        return (empty, empty, empty) if with_rank else (empty, empty)
+    out_i, out_j, out_r = [], [], []
     for start in range(0, n, block):
         stop = min(start + block, n)
         sim = np.asarray(similarity_rows(start, stop), dtype=np.float64)
@@ -66,7 +69,33 @@ def top_k_pairs(
             keep = (np.take_along_axis(sim, order, axis=1) > above).ravel()
         out_i.append(np.repeat(rows + start, k)[keep])
         out_j.append(order.ravel()[keep])
-    return np.concatenate(out_i).astype(np.int64), np.concatenate(out_j).astype(np.int64)
+        out_r.append(np.tile(np.arange(k), stop - start)[keep])
+    pairs = (np.concatenate(out_i).astype(np.int64), np.concatenate(out_j).astype(np.int64))
+    return (*pairs, np.concatenate(out_r).astype(np.int64)) if with_rank else pairs
+
+
+def rounds(proposed, n: int, chunk: int) -> tuple[int, Iterator[tuple[np.ndarray, np.ndarray]]]:
+    """(number of distinct pairs, their chunks) of a backend's candidates
+    (i, j) or (i, j, rank): pairs (lo < hi) deduplicated, in chunks of at most
+    ``chunk``, nearest ranks first (a pair proposed at several ranks comes at
+    its nearest), by index within a rank: deterministic."""
+    pi, pj = (np.asarray(a, dtype=np.int64) for a in proposed[:2])
+    rank = np.asarray(proposed[2], dtype=np.int64) if len(proposed) > 2 else np.zeros(len(pi), np.int64)
+    lo, hi = np.minimum(pi, pj), np.maximum(pi, pj)
+    differ = lo != hi
+    key, rank = lo[differ] * n + hi[differ], rank[differ]
+    order = np.lexsort((key, rank))
+    key, first = np.unique(key[order], return_index=True)  # each pair once, at its nearest rank
+    rank = rank[order][first]
+    order = np.lexsort((key, rank))
+    key, rank = key[order], rank[order]
+
+    def pieces():
+        for r in np.unique(rank):
+            in_round = key[rank == r]
+            yield from chunks(in_round // n, in_round % n, chunk)
+
+    return len(key), pieces()
 
 
 def find_pairs(
@@ -79,12 +108,19 @@ def find_pairs(
     group: np.ndarray | None = None,
     score_fn: ScoreFn | None = None,
     bar: BarFactory | None = None,
+    joined=None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs (i, j, score) with i < j and score >= floor among ``n`` stacked features.
 
     ``group`` (optional, one id per feature) excludes pairs within a group:
     the merge stage uses it to skip pairs its batches already compared.
     ``score_fn`` replaces the backend's scoring (the pipeline's cache uses it).
+    ``joined`` (a union-find over the ``n`` features, optional) is for
+    backends whose scores are costly: a pair whose images it already holds in
+    one set is not scored, and the pairs found are joined into it as they
+    come, chunk by chunk, each image's nearest candidates first. The sets it
+    ends with are those that scoring every candidate would give (a skipped
+    pair could only join what is joined already); fewer pairs are returned.
     """
     score_fn = score_fn or (lambda a, b: method.score(stacked, a, b))
     proposed = None if exhaustive else method.candidates(stacked, floor)
@@ -93,22 +129,24 @@ def find_pairs(
         total = n * (n - 1) // 2
         pieces: Iterator = all_pairs(n, chunk)
     else:
-        pi, pj = (np.asarray(a, dtype=np.int64) for a in proposed)
-        lo, hi = np.minimum(pi, pj), np.maximum(pi, pj)
-        key = np.unique(lo[lo != hi] * n + hi[lo != hi])  # sorted, deduplicated: deterministic
-        total = len(key)
-        pieces = chunks(key // n, key % n, chunk)
+        total, pieces = rounds(proposed, n, chunk)
     keep_i, keep_j, keep_s = [], [], []
     with (bar or NoBar)(total) as shown:
         for i, j in pieces:
             scored = len(i)
+            wanted = np.ones(len(i), dtype=bool)
             if group is not None:
-                differ = group[i] != group[j]
-                i, j = i[differ], j[differ]
+                wanted &= group[i] != group[j]
+            if joined is not None:
+                wanted &= np.fromiter((joined.find(a) != joined.find(b) for a, b in zip(i.tolist(), j.tolist())),
+                                      dtype=bool, count=len(i))
+            i, j = i[wanted], j[wanted]
             if len(i):
                 s = np.asarray(score_fn(i, j), dtype=np.float64)
                 hit = s >= floor
                 keep_i.append(i[hit]), keep_j.append(j[hit]), keep_s.append(s[hit])
+                if joined is not None:
+                    joined.union_pairs(i[hit], j[hit])
             shown.update(scored)
     if not keep_i:
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)

@@ -93,9 +93,11 @@ class Method(Configurable):
         """Similarities in [0, 1] of the pairs (i[k], j[k]) of a stack."""
         raise NotImplementedError
 
-    def candidates(self, stacked: Any, floor: float) -> tuple[np.ndarray, np.ndarray] | None:
-        """Pairs (i < j) worth scoring when only pairs scoring >= ``floor`` are
-        wanted, or None to score every pair (the default)."""
+    def candidates(self, stacked: Any, floor: float) -> tuple[np.ndarray, ...] | None:
+        """Pairs (i, j) worth scoring when only pairs scoring >= ``floor`` are
+        wanted, or None to score every pair (the default). A third array may
+        give each pair's rank among i's candidates (0: the nearest); pairs are
+        then scored nearest ranks first (see engine/search.find_pairs)."""
         return None
 
     def describe(self) -> str:

@@ -208,7 +208,7 @@ class Scene(Method):
         candidates_option(10),
     )
     cache_scores = True
-    feature_version = 1
+    feature_version = 2  # 2: orb mirror descriptors computed at the mirrored keypoints
 
     def check_params(self) -> None:
         if not 128 <= self.params["scene_side"] <= 2048:
@@ -266,7 +266,7 @@ class Scene(Method):
         if stacked["bow"] is None:
             stacked["bow"] = bag_of_words(feats)
         k = self.params["candidates"]
-        i1, j1 = nearest(stacked["bow"], k)
+        i1, j1, _ = nearest(stacked["bow"], k)
         glob = np.stack([f["glob"] for f in feats]) if feats else np.zeros((0, GLOBAL_DIM + 32), np.float32)
         i2, j2 = top_k_pairs(lambda s, e: glob[s:e] @ glob.T, len(feats), k, above=0.0)
         i = np.concatenate([i1, i2])
