@@ -26,7 +26,7 @@ from clusterimg.features.base import Feature, Method
 SCORE_PIECE = 256
 # Fewer missing pairs than this in one call are scored in the main process:
 # a round trip to the workers would cost more than it saves.
-MIN_PAIRS_FOR_POOL = 48
+MIN_PAIRS_FOR_POOL = 16
 
 
 class PairScorer:

@@ -74,6 +74,8 @@ def thumbnail(gray: np.ndarray, side: int) -> np.ndarray:
     """Grayscale image resized (up or down) to longest side ``side``, so that
     resized copies of a photo are seen at the same scale."""
     h, w = gray.shape[:2]
+    if max(h, w) == side:  # the decoder made it already
+        return gray
     scale = side / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
@@ -127,6 +129,13 @@ def word_ids(descriptors: np.ndarray) -> np.ndarray:
     weights = (1 << np.arange(WORD_BITS, dtype=np.int64))[::-1]
     ids = bits[:, VOCAB_BITS].astype(np.int64) @ weights  # (n, tables)
     return ids + (np.arange(WORD_TABLES, dtype=np.int64) << WORD_BITS)
+
+
+def sorted_unique(values: np.ndarray) -> np.ndarray:
+    """np.unique by one sort (numpy's hash-based unique is several times
+    slower on these integer arrays)."""
+    values = np.sort(values)
+    return values[np.r_[True, values[1:] != values[:-1]]] if len(values) else values
 
 
 def ratio_matches(query: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -228,8 +237,8 @@ def orb_feature(gray: np.ndarray, side: int, features: int) -> dict:
     points, desc, keypoints = detect(small, features)
     points_m, desc_m = describe_mirrored(small, keypoints, features)
     return {
-        "points": points, "desc": desc, "words": np.unique(word_ids(desc)).astype(np.int32),
-        "points_m": points_m, "desc_m": desc_m, "words_m": np.unique(word_ids(desc_m)).astype(np.int32),
+        "points": points, "desc": desc, "words": sorted_unique(word_ids(desc).ravel()).astype(np.int32),
+        "points_m": points_m, "desc_m": desc_m, "words_m": sorted_unique(word_ids(desc_m).ravel()).astype(np.int32),
         # order-free identity of the content, to score a pair the same way round
         "key": np.array([zlib.crc32(desc.tobytes()), len(desc)], dtype=np.int64),
     }
@@ -240,11 +249,13 @@ def bag_of_words(features) -> "scipy.sparse.csr_matrix":
     of its mirror (so an image and its mirror image get the same row)."""
     from scipy import sparse
 
-    words = [np.union1d(f["words"], f["words_m"]) for f in features]
-    n, vocabulary = len(words), WORD_TABLES << WORD_BITS
+    n, vocabulary = len(features), WORD_TABLES << WORD_BITS
+    words = [w for f in features for w in (f["words"], f["words_m"])]
     counts = np.array([len(w) for w in words], dtype=np.int64)
     cols = np.concatenate(words).astype(np.int64) if n else np.zeros(0, np.int64)
-    rows = np.repeat(np.arange(n), counts)
+    rows = np.repeat(np.arange(2 * n) // 2, counts)
+    present = sorted_unique(rows * vocabulary + cols)  # each word once per image, in one sort
+    rows, cols = present // vocabulary, present % vocabulary
     df = np.bincount(cols, minlength=vocabulary)
     idf = np.log((n + 1) / (df + 1))  # a word in every image weighs 0
     # Stop words: a word in many images says little about any pair and costs
