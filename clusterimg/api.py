@@ -35,7 +35,7 @@ from clusterimg.options import flag_of
 from clusterimg.progress import no_bar, tqdm_bars
 from clusterimg.result import Cluster, Result, Root, is_reference, source_of
 
-DEFAULT_METHOD = "phash"
+DEFAULT_METHOD = "orb"
 DEFAULT_BATCH_SIZE = 1000
 # The clustering model used when none is named, by the backend's kind.
 DEFAULT_CLUSTER = {"pairs": "graph", "vector": "auto"}

@@ -199,3 +199,22 @@ def test_progress_moves_while_slow_pairs_are_scored():
     find_pairs(method, stacked, len(images), 0.5, exhaustive=True, bar=Bar)
     assert sum(steps) == 50 * 49 // 2
     assert len(steps) >= 3 and max(steps) <= method.score_chunk
+
+
+def test_default_method_does_not_join_pictures_that_share_only_their_coarse_layout(tmp_path):
+    # Two different fine textures over the same blurred photo: a perceptual
+    # hash of a small thumbnail sees one picture (phash, the old default,
+    # joins them); the default method matches keypoints and does not.
+    from clusterimg.images import load_image
+    import cv2
+
+    base = load_image(Path(__file__).resolve().parents[1] / "examples" / "lemur.jpg", max_side=384)
+    coarse = cv2.GaussianBlur(base, (0, 0), 12).astype(np.float64)
+    for seed in (1, 2):
+        texture = cv2.GaussianBlur(np.random.default_rng(seed).normal(0, 1, base.shape[:2]), (0, 0), 1.2)
+        picture = np.clip(coarse + (texture / texture.std() * 40)[..., None], 0, 255).astype(np.uint8)
+        cv2.imwrite(str(tmp_path / f"look_alike_{seed}.png"), picture[..., ::-1])
+    assert [c.members for c in clusterimg.cluster(tmp_path, method="phash", cache=False, workers=1).clusters] == [
+        ["look_alike_1.png", "look_alike_2.png"]]
+    default = clusterimg.cluster(tmp_path, cache=False, workers=1)
+    assert default.method == "orb" and default.clusters == [] and len(default.outliers) == 2
