@@ -85,7 +85,7 @@ def test_code_without_a_file_like_a_notebook_cell(pool_folder, tmp_path):
 
 
 def test_same_result_from_the_api_and_written_tree(photo_folder, tmp_path):
-    result = clusterimg.cluster(photo_folder, cache=False)
+    result = clusterimg.cluster(photo_folder, method="phash", cache=False)
     assert [sorted(c.members) for c in result.clusters] == [
         ["b/two.png", "b/two_bright.jpg", "b/two_q30.jpg"], ["a/one.jpg", "a/one_small.jpg"],
         ["c/three.jpg", "d/three.jpg"]]
@@ -124,7 +124,7 @@ def test_a_list_of_files(photo_folder):
     (lambda p: clusterimg.cluster(p / "missing"), "input folder not found"),
     (lambda p: clusterimg.cluster([p, p / "a" / "one.jpg"]), "not both"),
     (lambda p: clusterimg.cluster(p, method="nope"), "unknown method 'nope'"),
-    (lambda p: clusterimg.cluster(p, hash_size=3), "--hash-size must be between 4 and 32"),
+    (lambda p: clusterimg.cluster(p, method="phash", hash_size=3), "--hash-size must be between 4 and 32"),
     (lambda p: clusterimg.cluster(p, method="orb", hash_size=8), "--hash-size does not apply to --method orb"),
     (lambda p: clusterimg.cluster(p, threshold=float("nan")), "threshold must be a number between 0 and 1"),
 ])

@@ -134,7 +134,7 @@ def interrupt_after(monkeypatch, cls, name: str, calls: int):
 def test_interrupted_extraction_resumes_and_gives_the_same_manifest(photo_folder, tmp_path, monkeypatch,
                                                                      isolated_cache):
     runner = CliRunner()
-    args = ["run", str(photo_folder), "--transfer", "none", "-q", "-j", "1"]
+    args = ["run", str(photo_folder), "--method", "phash", "--transfer", "none", "-q", "-j", "1"]
     plain = runner.invoke(main, args + ["--out", str(tmp_path / "plain"), "--no-cache"])
     assert plain.exit_code == 0, plain.output
 
@@ -156,7 +156,8 @@ def test_interrupted_scoring_resumes_and_gives_the_same_manifest(photo_folder, t
                                                                   scored_phash):
     runner = CliRunner()
     # three batches (4 + 4 + 3 images): one scoring call each, then the merge stage
-    args = ["run", str(photo_folder), "--transfer", "none", "-q", "--exhaustive", "-t", "0.7", "--batch-size", "4"]
+    args = ["run", str(photo_folder), "--method", "phash", "--transfer", "none", "-q", "--exhaustive", "-t", "0.7",
+            "--batch-size", "4"]
     plain = runner.invoke(main, args + ["--out", str(tmp_path / "plain"), "--no-cache"])
     assert plain.exit_code == 0, plain.output
     scored_plain = scored_phash["pairs"]

@@ -79,11 +79,11 @@ def test_a_pipe_with_json_and_no_out_writes_nothing_and_can_run_again(photo_fold
 
 
 def test_batches_are_merged_across_batch_boundaries(photo_folder, tmp_path):
-    one = json.loads(invoke("run", photo_folder, "--out", tmp_path / "one", "--transfer", "none",
+    one = json.loads(invoke("run", photo_folder, "--method", "phash", "--out", tmp_path / "one", "--transfer", "none",
                             "--batch-size", 0, "--json").stdout)
     # batches of two split every group: only the merge stage can join them
-    small = json.loads(invoke("run", photo_folder, "--out", tmp_path / "small", "--transfer", "none",
-                              "--batch-size", 2, "--json").stdout)
+    small = json.loads(invoke("run", photo_folder, "--method", "phash", "--out", tmp_path / "small", "--transfer",
+                              "none", "--batch-size", 2, "--json").stdout)
     assert clusters_of(small) == clusters_of(one) == EXPECTED
     assert small["params"]["batch_size"] == 2
 
@@ -95,8 +95,8 @@ def test_same_result_whatever_the_worker_count(tmp_path):
         write_photo(root / f"p{k:02d}.jpg", im, quality=90)
         if k % 3 == 0:
             write_photo(root / f"p{k:02d}_copy.jpg", im.resize((80, 60)), quality=70)
-    runs = [json.loads(invoke("run", root, "--out", tmp_path / f"o{w}", "--transfer", "none", "-j", w,
-                              "--json").stdout) for w in (1, 2)]
+    runs = [json.loads(invoke("run", root, "--method", "phash", "--out", tmp_path / f"o{w}", "--transfer", "none",
+                              "-j", w, "--json").stdout) for w in (1, 2)]
     assert stable(runs[0]) == stable(runs[1])
     assert runs[0]["stats"]["images"] >= extract.MIN_IMAGES_FOR_POOL
     assert len(runs[0]["clusters"]) == 17

@@ -12,7 +12,9 @@ import numpy as np
 from click.testing import CliRunner
 
 import clusterimg
+from clusterimg.api import DEFAULT_METHOD
 from clusterimg.cli import main, plural
+from clusterimg.features import get_method
 from conftest import make_photo, write_photo
 
 
@@ -136,7 +138,7 @@ def test_threshold_on_unrelated_photos_suggests_a_safe_threshold(tmp_path):
     assert result.exit_code == 0, result.output
     assert "holds no clear duplicates" in result.output
     suggested = float(result.output.split("Suggested threshold: ")[1].split(":")[0])
-    assert suggested >= 0.8  # never below phash's calibrated default
+    assert suggested >= get_method(DEFAULT_METHOD).default_threshold  # never below the calibrated default
     clustered = clusterimg.cluster(folder, threshold=suggested, cache=False)
     assert clustered.clusters == []  # the suggestion joins no unrelated photos
 

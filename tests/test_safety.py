@@ -18,6 +18,7 @@ from click.testing import CliRunner
 
 from clusterimg import cache as cache_mod
 from clusterimg import cli, output
+from clusterimg.api import DEFAULT_METHOD
 from clusterimg.cli import main
 from clusterimg.errors import ClusterimgError
 from clusterimg.features import get_method
@@ -203,7 +204,7 @@ def test_a_journal_with_other_options_needs_resume_or_overwrite(photo_folder, tm
     resumed = invoke("run", photo_folder, "--out", out, "--threshold", "0.9", "--resume")
     assert resumed.exit_code == 0 and "Finishing the interrupted run" in resumed.output
     manifest = json.loads((out / MANIFEST).read_text())
-    assert manifest["threshold"] == 0.8 and not (out / PENDING).exists()
+    assert manifest["threshold"] == get_method(DEFAULT_METHOD).default_threshold and not (out / PENDING).exists()
 
 
 def test_overwrite_discards_a_copy_journal_without_replaying_it(photo_folder, tmp_path, monkeypatch):

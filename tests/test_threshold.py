@@ -72,7 +72,8 @@ def test_run_command_is_quoted_and_complete():
 
 
 def test_interactive_refuses_bad_entries_then_prints_the_command(photo_folder):
-    result = CliRunner().invoke(main, ["threshold", str(photo_folder), "--input", "-q"], input="abc\n1.5\n0.9\n")
+    result = CliRunner().invoke(main, ["threshold", str(photo_folder), "--method", "phash", "--input", "-q"],
+                                input="abc\n1.5\n0.9\n")
     assert result.exit_code == 0, result.output
     out = result.output
     assert "threshold  similar pairs  images clustered  clusters" in out
@@ -92,7 +93,7 @@ def test_enter_takes_the_suggestion(photo_folder):
 
 
 def test_no_input_prints_table_and_suggestion_without_asking(photo_folder):
-    result = CliRunner().invoke(main, ["threshold", str(photo_folder), "-q"])  # stdin is not a terminal
+    result = CliRunner().invoke(main, ["threshold", str(photo_folder), "--method", "phash", "-q"])  # stdin: no terminal
     assert result.exit_code == 0, result.output
     assert "Threshold (Enter" not in result.output
     assert "<- suggested" in result.output
