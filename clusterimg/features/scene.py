@@ -208,6 +208,8 @@ class Scene(Method):
         candidates_option(10),
     )
     cache_scores = True
+    parallel_scores = True
+    score_chunk = 256  # matching costs tens of milliseconds a pair
     feature_version = 2  # 2: orb mirror descriptors computed at the mirrored keypoints
 
     def check_params(self) -> None:
