@@ -61,3 +61,40 @@ def test_find_pairs_keeps_pairs_at_or_above_the_floor_and_skips_same_group():
     assert np.all(s >= 0.9)
     i, j, _ = find_pairs(Numbers(), values, 5, 0.9, group=np.array([0, 0, 1, 2, 2]))
     assert list(zip(i.tolist(), j.tolist())) == [(2, 3)]
+
+
+class Labels:
+    """A toy backend with costly scores: images of one label score 1, others
+    0; each image's candidates are its 4 nearest: its own label first."""
+    score_chunk = 4  # small chunks, so joins made early spare later pairs
+
+    def __init__(self):
+        self.scored = []
+
+    def score(self, stacked, i, j):
+        self.scored += list(zip(i.tolist(), j.tolist()))
+        return (stacked[i] == stacked[j]).astype(float)
+
+    def candidates(self, stacked, floor):
+        n, k = len(stacked), 4
+        nearest = [sorted((b for b in range(n) if b != a), key=lambda b: (stacked[b] != stacked[a], b))[:k]
+                   for a in range(n)]
+        return np.repeat(np.arange(n), k), np.concatenate(nearest), np.tile(np.arange(k), n)
+
+
+def test_joined_pairs_are_not_scored_and_the_groups_stay_the_same():
+    labels = np.array([0, 1, 0, 2, 1, 0, 0, 2, 1, 0])
+    runs = {}
+    for skip in (False, True):
+        method, uf = Labels(), UnionFind(len(labels))
+        i, j, _ = find_pairs(method, labels, len(labels), 0.5, joined=uf if skip else None)
+        if not skip:
+            uf.union_pairs(i, j)
+        runs[skip] = (uf.groups(), method.scored)
+    assert runs[False][0] == runs[True][0] == [[0, 2, 5, 6, 9], [1, 4, 8], [3, 7]]
+    every, spared = runs[False][1], runs[True][1]
+    assert len(set(every)) == len(every) and len(set(spared)) == len(spared)  # no pair twice
+    assert set(spared) < set(every)  # fewer pairs, all of them candidates
+    # each image's nearest candidate comes first: the first round is rank 0
+    first = {(min(a, b), max(a, b)) for a, b in enumerate([2, 4, 0, 7, 1, 0, 0, 3, 1, 0])}
+    assert set(spared[:len(first)]) == first
