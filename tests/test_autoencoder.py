@@ -221,6 +221,7 @@ def test_backend_trains_once_then_reuses_and_keys_on_the_model(tmp_path):
     retrained.prepare(paths)
     assert "trained" in retrained.status
     assert method_key(retrained) != method_key(second)  # other model, other feature cache key
+    assert Autoencoder(encoder="effnet").training_options(1).encoder == "effnet"  # --encoder reaches training
     saved = tmp_path / "given.ae"
     first.model.save(saved)
     given = Autoencoder(ae=str(saved))

@@ -8,7 +8,13 @@ give the same model and the same latent vectors.
 Images enter as float32 arrays in [0, 1], shape (n, size, size, channels)
 (see :func:`to_input`). The encoder halves the resolution four times (so the
 input size must be a multiple of 16), then a dense layer gives the latent
-vector; the decoder mirrors it with transposed convolutions and a sigmoid.
+vector; the decoder mirrors it with sub-pixel convolutions and a sigmoid.
+With ``encoder="effnet"`` the encoder's first layers are the frozen stem and
+first blocks of EfficientNet-Lite0 (constants loaded from the installed
+weights, not part of the saved model); the trained convolutions take over
+from there. Jitted training and inference functions are made once per
+process and options (:func:`_training_functions`), so repeated runs with the
+same options and shapes compile once.
 
 Saved models are one ``.npz`` file (no pickle): the weights as arrays
 ``w0 .. wN`` (the pytree's leaves in order), optionally the optimiser state
