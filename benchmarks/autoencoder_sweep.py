@@ -78,7 +78,7 @@ def latent_scores(z: np.ndarray, y: np.ndarray, k: int) -> dict:
 
 
 def run_one(args) -> dict:
-    name, set_name, bench, out = args
+    name, set_name, bench, out, epochs = args
     import autoencoder as bench_mod
 
     from clusterimg.nn.autoencoder import AEOptions, is_gray, to_input, train
@@ -89,6 +89,8 @@ def run_one(args) -> dict:
     x = to_input(images, 32 if set_name in ("digits", "fashion_mnist") else 64, 1 if gray else 3)
     options = dict(input_size=x.shape[1], channels=x.shape[3], latent=64, loss="mse", epochs=200, patience=20)
     options.update(SETTINGS[name])
+    if epochs:
+        options["epochs"] = epochs
     try:
         t0 = time.perf_counter()
         model = train(x, AEOptions(**options))
@@ -110,10 +112,11 @@ def main() -> None:
     ap.add_argument("--only", nargs="+", choices=sorted(SETTINGS), default=None)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--out", default="")
-    ap.add_argument("--bench", default=str(ROOT.parent / "shared" / "bench" / "labelled_flat"))
+    ap.add_argument("--epochs", type=int, default=0, help="override every setting's epochs (quick checks)")
+    ap.add_argument("--bench", default="../shared/bench/labelled_flat", help="the labelled_flat folder (from the project root)")
     args = ap.parse_args()
     names = args.only or list(SETTINGS)
-    jobs = [(n, s, args.bench, args.out) for s in args.sets for n in names]
+    jobs = [(n, s, args.bench, args.out, args.epochs) for s in args.sets for n in names]
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     with ProcessPoolExecutor(max(1, args.workers)) as ex:
         list(ex.map(run_one, jobs))
