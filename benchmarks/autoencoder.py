@@ -5,6 +5,11 @@ beside pixels + PCA + k-means and HOG + k-means on the same images.
     python benchmarks/autoencoder.py                        # all sets, all losses
     python benchmarks/autoencoder.py --sets digits --losses mse --epochs 20
     python benchmarks/autoencoder.py --speed                # 2,000 images of 64 px, 20 epochs
+    python benchmarks/autoencoder.py --losses perceptual --encoder effnet --encoder-blocks 5 --epochs 100
+
+With --encoder effnet a row "effnet-front" gives k-means on the frozen
+EfficientNet-Lite0 features that encoder starts from, without any training
+(what the pretrained layers alone are worth).
 
 Sets: ../shared/bench/labelled_flat/{fashion_mnist,tuxpaint_stamps} (truth.json
 beside the images) and scikit-learn's load_digits (1,797 8x8 digits, upsampled).
@@ -24,7 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from clusterimg.images import load_image  # noqa: E402
-from clusterimg.nn.autoencoder import AEOptions, is_gray, to_input, train  # noqa: E402
+from clusterimg.nn.autoencoder import AEOptions, _effnet_front, is_gray, to_input, train  # noqa: E402
 
 BENCH_DIR = [Path("../shared/bench/labelled_flat")]  # relative to the project root; see --bench
 
@@ -105,6 +110,11 @@ def main() -> None:
     ap.add_argument("--latent", type=int, default=64)
     ap.add_argument("--input-size", type=int, default=None, help="default: 32 for the 28/8 px gray sets, 64 else")
     ap.add_argument("--augment", action="store_true")
+    ap.add_argument("--patience", type=int, default=5, help="early stopping: epochs without a better val loss")
+    ap.add_argument("--encoder", choices=["conv", "effnet"], default="conv")
+    ap.add_argument("--encoder-blocks", type=int, default=3, help="effnet encoder: EfficientNet blocks after the stem")
+    ap.add_argument("--perceptual-blocks", type=int, default=3)
+    ap.add_argument("--denoise", type=float, default=0.0, help="std of the noise added to training inputs")
     ap.add_argument("--speed", action="store_true", help="only the speed measurement")
     ap.add_argument("--bench", type=Path, default=BENCH_DIR[0], help="the labelled_flat folder [../shared/bench/labelled_flat]")
     args = ap.parse_args()
@@ -124,15 +134,24 @@ def main() -> None:
             print("  ", row, flush=True)
             table.append(row)
         x = to_input(images, size, 1 if gray else 3)
+        if args.encoder == "effnet":
+            front = np.asarray(_effnet_front(args.encoder_blocks)(x)).reshape(len(x), -1)
+            row = {"set": name, "features": f"effnet-front{args.encoder_blocks} (frozen, untrained)",
+                   **scores(front, labels, k)}
+            print("  ", row, flush=True)
+            table.append(row)
         for loss in args.losses:
             options = AEOptions(input_size=size, channels=1 if gray else 3, latent=args.latent, loss=loss,
-                                epochs=args.epochs, augment=args.augment)
+                                epochs=args.epochs, augment=args.augment, patience=args.patience,
+                                encoder=args.encoder, encoder_blocks=args.encoder_blocks,
+                                perceptual_blocks=args.perceptual_blocks, denoise=args.denoise)
             t0 = time.perf_counter()
             model = train(x, options)
             seconds = time.perf_counter() - t0
             z = model.encode(x)
             for l2 in (False, True):
-                row = {"set": name, "features": f"ae-{loss}" + ("+l2" if l2 else ""), **scores(z, labels, k, l2),
+                tag = f"ae-{loss}" + (f"-effnet{args.encoder_blocks}" if args.encoder == "effnet" else "")
+                row = {"set": name, "features": tag + ("+l2" if l2 else ""), **scores(z, labels, k, l2),
                        "train_s": round(seconds, 1), "epochs": model.epochs_done,
                        "recon_mse": round(model.reconstruction_error(x), 5)}
                 print("  ", row, flush=True)

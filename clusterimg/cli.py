@@ -869,6 +869,12 @@ def evaluate_command(manifest, truth, match, as_json):
               help="Adam learning rate.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--augment", is_flag=True, help="Random horizontal flips and small shifts while training.")
+@click.option("--encoder", type=click.Choice(["conv", "effnet"]), default="conv", show_default=True,
+              help="conv: trained from scratch; effnet: frozen EfficientNet-Lite0 first blocks, then trained layers.")
+@click.option("--denoise", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Std of the Gaussian noise added to the training inputs (denoising autoencoder).")
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="AdamW weight decay (0: Adam).")
 @click.option("--color", type=click.Choice(["auto", "gray", "rgb"]), default="auto", show_default=True,
               help="Input channels; auto: gray when every image is.")
 @click.option("--resume", "resume_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
@@ -879,8 +885,8 @@ def evaluate_command(manifest, truth, match, as_json):
 @click.option("--recursive/--no-recursive", default=True, show_default=True, help="Descend into subfolders.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 @friendly_errors
-def train_ae_command(folder, save_path, loss, epochs, latent, input_size, batch_size, lr, seed, augment, color,
-                     resume_path, plot_dir, overwrite, recursive, quiet):
+def train_ae_command(folder, save_path, loss, epochs, latent, input_size, batch_size, lr, seed, augment, encoder,
+                     denoise, weight_decay, color, resume_path, plot_dir, overwrite, recursive, quiet):
     """Train a convolutional autoencoder on the images in FOLDER and save it.
 
     Prints one line per epoch (loss, validation loss on 10 % held out, ETA).
@@ -906,7 +912,8 @@ def train_ae_command(folder, save_path, loss, epochs, latent, input_size, batch_
     else:
         channels = {"gray": 1, "rgb": 3}.get(color) or (1 if all(is_gray(im) for im in images) else 3)
         options = AEOptions(input_size=input_size, channels=channels, latent=latent, loss=loss, epochs=epochs,
-                            batch_size=batch_size, lr=lr, seed=seed, augment=augment)
+                            batch_size=batch_size, lr=lr, seed=seed, augment=augment, encoder=encoder,
+                            denoise=denoise, weight_decay=weight_decay)
     try:
         options.check()
     except ValueError as e:

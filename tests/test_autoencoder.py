@@ -3,6 +3,11 @@ feature extractor, the backend and the train-ae command (tiny, fast runs)."""
 from __future__ import annotations
 
 import json
+import os
+
+# These runs are tiny: XLA's compile of each training step costs far more than
+# running it. LLVM at -O0 compiles about 3x faster (set before jax starts).
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 
 import numpy as np
 import pytest
@@ -36,7 +41,9 @@ def shapes(n: int = 32, size: int = 32, rgb: bool = False, seed: int = 0) -> np.
     return np.stack(out)
 
 
-OPTS = dict(input_size=32, latent=8, epochs=2, batch_size=8, lr=3e-3, width=8)
+# One set of options for most runs: training functions are compiled once per
+# process and options (see _training_functions), so the tests share compiles.
+OPTS = dict(input_size=32, latent=8, epochs=2, batch_size=8, lr=1e-3)
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +81,34 @@ def test_progress_is_reported_per_epoch(gray_data):
 
 
 def test_training_is_deterministic(gray_data, mse_model):
+    from clusterimg.nn.autoencoder import _training_functions
+
+    compiled = _training_functions.cache_info().currsize
     again = train(gray_data, AEOptions(channels=1, loss="mse", **OPTS))
     assert all(np.array_equal(a, b) for a, b in zip(again.weights, mse_model.weights))
     assert np.array_equal(again.encode(gray_data), mse_model.encode(gray_data))
+    other_seed = train(gray_data, AEOptions(channels=1, loss="mse", **dict(OPTS, seed=1, epochs=1)))
+    assert not np.array_equal(other_seed.weights[0], mse_model.weights[0])
+    assert _training_functions.cache_info().currsize == compiled  # same options: the step was reused
+
+
+def test_effnet_encoder_with_denoising_trains_and_round_trips(tmp_path, gray_data):
+    """The hybrid: frozen EfficientNet-Lite0 stem + blocks, then trained layers;
+    its pretrained weights are not part of the saved model."""
+    options = AEOptions(channels=1, loss="mse", encoder="effnet", encoder_blocks=3, denoise=0.1, **OPTS)
+    model = train(gray_data, options)
+    h = model.history
+    assert h[1]["loss"] < h[0]["loss"] and h[1]["val_loss"] < h[0]["val_loss"]
+    conv = train(gray_data, AEOptions(channels=1, loss="mse", **dict(OPTS, epochs=1)))
+    # two trained stride-2 convolutions (S/4 -> S/16) instead of four; no EfficientNet weight saved
+    assert len(model.weights) == len(conv.weights) - 4
+    assert model.weights[0].shape == (3, 3, 24, 64)
+    path = tmp_path / "eff.ae"
+    model.save(path)
+    loaded = TrainedAE.load(path)
+    assert loaded.options.encoder == "effnet" and loaded.options.denoise == 0.1
+    z = loaded.encode(gray_data)
+    assert z.shape == (len(gray_data), 8) and np.array_equal(z, model.encode(gray_data))
 
 
 def test_encode_does_not_depend_on_chunking(gray_data, mse_model):
@@ -184,11 +216,12 @@ def test_backend_trains_once_then_reuses_and_keys_on_the_model(tmp_path):
     feats = second.extract_many(images)
     assert np.array_equal(np.stack(feats), first.model.encode(to_input(images, 32, first.model.options.channels)))
     assert np.allclose(second.extract(images[0]), feats[0], atol=1e-5)
-    retrained = Autoencoder(epochs=1, latent=8, input_size=32, retrain=True, loss="l1")
+    retrained = Autoencoder(epochs=2, latent=8, input_size=32, retrain=True)  # same compiled step, other model
     retrained.model_dir = tmp_path / "models"
     retrained.prepare(paths)
     assert "trained" in retrained.status
     assert method_key(retrained) != method_key(second)  # other model, other feature cache key
+    assert Autoencoder(encoder="effnet").training_options(1).encoder == "effnet"  # --encoder reaches training
     saved = tmp_path / "given.ae"
     first.model.save(saved)
     given = Autoencoder(ae=str(saved))
@@ -202,7 +235,7 @@ def test_train_ae_command(tmp_path):
     write_folder(tmp_path / "imgs", rgb=True)
     save = tmp_path / "m.ae"
     args = ["train-ae", str(tmp_path / "imgs"), "--save", str(save), "--epochs", "2", "--latent", "8",
-            "--input-size", "32", "--batch-size", "8"]
+            "--input-size", "32", "--batch-size", "8", "--loss", "perceptual"]
     pytest.importorskip("matplotlib")
     result = CliRunner().invoke(main, args + ["--plot", str(tmp_path / "plots")])
     assert result.exit_code == 0, result.output

@@ -30,6 +30,8 @@ class Autoencoder(VectorMethod):
     options = (
         Option("ae", str, "", "saved autoencoder model (clusterimg train-ae); default: train one on the folder"),
         Option("loss", str, "mse", "autoencoder training loss", choices=("mse", "l1", "perceptual")),
+        Option("encoder", str, "conv", "autoencoder encoder: conv (trained from scratch) or effnet (frozen "
+               "EfficientNet-Lite0 first blocks + trained layers)", choices=("conv", "effnet")),
         Option("epochs", int, DEFAULT_EPOCHS, "autoencoder training epochs (early stopping on 10 % held out)"),
         Option("latent", int, 64, "size of the autoencoder's latent vector"),
         Option("input_size", int, 64, "side of the square images the autoencoder sees (a multiple of 16)"),
@@ -56,7 +58,7 @@ class Autoencoder(VectorMethod):
         from clusterimg.nn.autoencoder import AEOptions
 
         return AEOptions(input_size=self.params["input_size"], channels=channels, latent=self.params["latent"],
-                         loss=self.params["loss"], epochs=self.params["epochs"])
+                         loss=self.params["loss"], epochs=self.params["epochs"], encoder=self.params["encoder"])
 
     def prepare(self, paths: Sequence[str], bars=None) -> None:
         """Load ``--ae``, or train on ``paths`` (or reuse a cached model), and
@@ -106,7 +108,8 @@ class Autoencoder(VectorMethod):
         """Take ``model`` (a TrainedAE); its options and hash go into params."""
         self.model = model
         o = model.options
-        self.params.update(loss=o.loss, latent=o.latent, input_size=o.input_size, model=model.digest())
+        self.params.update(loss=o.loss, latent=o.latent, input_size=o.input_size, encoder=o.encoder,
+                           model=model.digest())
 
     # -- features
     def extract(self, image: np.ndarray) -> np.ndarray:

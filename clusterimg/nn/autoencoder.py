@@ -8,7 +8,13 @@ give the same model and the same latent vectors.
 Images enter as float32 arrays in [0, 1], shape (n, size, size, channels)
 (see :func:`to_input`). The encoder halves the resolution four times (so the
 input size must be a multiple of 16), then a dense layer gives the latent
-vector; the decoder mirrors it with transposed convolutions and a sigmoid.
+vector; the decoder mirrors it with sub-pixel convolutions and a sigmoid.
+With ``encoder="effnet"`` the encoder's first layers are the frozen stem and
+first blocks of EfficientNet-Lite0 (constants loaded from the installed
+weights, not part of the saved model); the trained convolutions take over
+from there. Jitted training and inference functions are made once per
+process and options (:func:`_training_functions`), so repeated runs with the
+same options and shapes compile once.
 
 Saved models are one ``.npz`` file (no pickle): the weights as arrays
 ``w0 .. wN`` (the pytree's leaves in order), optionally the optimiser state
@@ -26,6 +32,7 @@ import os
 import time
 import zipfile
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -37,6 +44,7 @@ from clusterimg.errors import ClusterimgError
 FORMAT = "clusterimg-autoencoder"
 FORMAT_VERSION = 1
 LOSSES = ("mse", "l1", "perceptual")
+ENCODERS = ("conv", "effnet")
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,10 @@ class AEOptions:
     augment: bool = False  # random horizontal flips and small shifted crops
     pixel_weight: float = 1.0  # perceptual loss: weight of the added pixel (mse) term
     perceptual_blocks: int = 3  # perceptual loss: EfficientNet-Lite0 blocks after the stem
+    denoise: float = 0.0  # std of the Gaussian noise added to training inputs (the target stays clean)
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay (0: plain Adam)
+    encoder: str = "conv"  # conv: trained from scratch; effnet: frozen EfficientNet-Lite0 stem + blocks first
+    encoder_blocks: int = 5  # effnet encoder: EfficientNet-Lite0 blocks after the stem (0..5)
 
     def check(self) -> None:
         """ValueError with a user-facing message for impossible options."""
@@ -75,6 +87,12 @@ class AEOptions:
             raise ValueError("the validation fraction must be in [0, 1)")
         if not 0 <= self.perceptual_blocks <= 16:
             raise ValueError("perceptual_blocks must be in 0..16")
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"--encoder must be one of {', '.join(ENCODERS)}")
+        if not 0 <= self.encoder_blocks <= 5:
+            raise ValueError("encoder_blocks must be in 0..5")
+        if not self.denoise >= 0 or not self.weight_decay >= 0:
+            raise ValueError("--denoise and --weight-decay must be at least 0")
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -188,21 +206,35 @@ def pixel_shuffle(x):
     return x.reshape(n, h, w, 2, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, c)
 
 
-def _build(options: AEOptions, key):
-    """The equinox model (encoder + decoder) with fresh weights from ``key``."""
+EFFNET_CHANNELS = (32, 16, 24, 24, 40, 40)  # EfficientNet-Lite0's channels after the stem + k blocks
+EFFNET_LEVELS = (1, 1, 2, 2, 3, 3)  # its resolution halvings after the stem + k blocks
+
+
+@lru_cache(maxsize=8)
+def _effnet_front(blocks: int) -> Callable:
+    """x (n, S, S, C) in [0, 1] -> the frozen EfficientNet-Lite0 stem + ``blocks``
+    blocks (NHWC), no gradient into its weights (they are constants, not trained)."""
+    from clusterimg.nn.effnet_jax import early_features, load_params
+
+    params = load_params(blocks)
+
+    def front(x):
+        import jax
+        import jax.numpy as jnp
+
+        if x.shape[-1] == 1:
+            x = jnp.repeat(x, 3, axis=-1)
+        return jax.lax.stop_gradient(early_features(params, (x * 255.0 - 127.0) / 128.0, blocks))
+
+    return front
+
+
+@lru_cache(maxsize=1)
+def _ae_class():
+    """The model's class, made once (so models of the same options share a
+    pytree structure and jitted functions are compiled once per structure)."""
     import equinox as eqx
     import jax
-    import jax.numpy as jnp
-
-    c, w, s = options.channels, options.width, options.input_size
-    chans = [c, w, 2 * w, 4 * w, 4 * w]  # encoder, at S, S/2, S/4, S/8, S/16
-    dchans = [4 * w, 2 * w, w, max(w // 2, 4), c]  # decoder, at S/16 .. S (lighter than the encoder)
-    small = s // 16
-    flat = chans[-1] * small * small
-    keys = list(jax.random.split(key, 10))
-
-    def he(k, shape, fan_in):
-        return jax.random.normal(k, shape, jnp.float32) * jnp.sqrt(2.0 / fan_in)
 
     class AE(eqx.Module):
         enc_w: list
@@ -213,15 +245,18 @@ def _build(options: AEOptions, key):
         out_b: jax.Array
         dec_w: list
         dec_b: list
+        small: int = eqx.field(static=True)  # side at the bottleneck (S/16)
+        top: int = eqx.field(static=True)  # channels at the bottleneck
+        effnet_blocks: int = eqx.field(static=True)  # -1: the conv encoder from scratch
 
         def encode(self, x):  # x: (n, S, S, C) in [0, 1] -> (n, latent)
-            h = x * 2.0 - 1.0
+            h = x * 2.0 - 1.0 if self.effnet_blocks < 0 else _effnet_front(self.effnet_blocks)(x)
             for wk, bk in zip(self.enc_w, self.enc_b):
                 h = jax.nn.relu(conv2d(h, wk, bk, 2))
             return h.reshape(h.shape[0], -1) @ self.lat_w + self.lat_b
 
         def decode(self, z):
-            h = jax.nn.relu(z @ self.out_w + self.out_b).reshape(z.shape[0], small, small, chans[-1])
+            h = jax.nn.relu(z @ self.out_w + self.out_b).reshape(z.shape[0], self.small, self.small, self.top)
             last = len(self.dec_w) - 1
             for k, (wk, bk) in enumerate(zip(self.dec_w, self.dec_b)):
                 h = pixel_shuffle(conv2d(h, wk, bk, 1))
@@ -231,12 +266,42 @@ def _build(options: AEOptions, key):
         def __call__(self, x):
             return self.decode(self.encode(x))
 
-    enc_w = [he(keys[k], (3, 3, chans[k], chans[k + 1]), 9 * chans[k]) for k in range(4)]
+    return AE
+
+
+def _build(options: AEOptions, key):
+    """The equinox model (encoder + decoder) with fresh weights from ``key``.
+
+    conv encoder: four stride-2 3x3 convolutions (width w, 2w, 4w, 4w) from S to
+    S/16. effnet encoder: the frozen EfficientNet-Lite0 stem + first blocks
+    (S/2 .. S/8), then the last of those trainable convolutions down to S/16."""
+    import jax
+    import jax.numpy as jnp
+
+    c, w, s = options.channels, options.width, options.input_size
+    ladder = [w, 2 * w, 4 * w, 4 * w]  # encoder channels at S/2, S/4, S/8, S/16
+    if options.encoder == "effnet":
+        levels = EFFNET_LEVELS[options.encoder_blocks]
+        chans = [EFFNET_CHANNELS[options.encoder_blocks]] + ladder[levels:]
+    else:
+        chans = [c] + ladder
+    convs = len(chans) - 1
+    dchans = [4 * w, 2 * w, w, max(w // 2, 4), c]  # decoder, at S/16 .. S (lighter than the encoder)
+    small = s // 16
+    flat = chans[-1] * small * small
+    keys = list(jax.random.split(key, 10))
+
+    def he(k, shape, fan_in):
+        return jax.random.normal(k, shape, jnp.float32) * jnp.sqrt(2.0 / fan_in)
+
+    enc_w = [he(keys[k], (3, 3, chans[k], chans[k + 1]), 9 * chans[k]) for k in range(convs)]
     dec_w = [he(keys[4 + k], (3, 3, dchans[k], 4 * dchans[k + 1]), 9 * dchans[k]) for k in range(4)]
-    return AE(enc_w=enc_w, enc_b=[jnp.zeros(chans[k + 1]) for k in range(4)],
-              lat_w=he(keys[8], (flat, options.latent), flat) * 0.5, lat_b=jnp.zeros(options.latent),
-              out_w=he(keys[9], (options.latent, flat), options.latent), out_b=jnp.zeros(flat),
-              dec_w=dec_w, dec_b=[jnp.zeros(4 * dchans[k + 1]) for k in range(4)])
+    return _ae_class()(
+        enc_w=enc_w, enc_b=[jnp.zeros(chans[k + 1]) for k in range(convs)],
+        lat_w=he(keys[8], (flat, options.latent), flat) * 0.5, lat_b=jnp.zeros(options.latent),
+        out_w=he(keys[9], (options.latent, flat), options.latent), out_b=jnp.zeros(flat),
+        dec_w=dec_w, dec_b=[jnp.zeros(4 * dchans[k + 1]) for k in range(4)],
+        small=small, top=chans[-1], effnet_blocks=options.encoder_blocks if options.encoder == "effnet" else -1)
 
 
 def _skeleton(options: AEOptions):
@@ -273,28 +338,28 @@ def _with_leaves(skeleton, arrays: Sequence[np.ndarray]):
 # -- losses ---------------------------------------------------------------------
 
 
-def _loss_fn(options: AEOptions, perceptual_features: Callable | None, feature_scale: float = 1.0):
-    """per_sample(model, x) -> (n,) losses of a batch x (n, S, S, C).
+def _loss_fn(options: AEOptions, perceptual_features: Callable | None):
+    """per_sample(model, x, target, scale) -> (n,) losses of a batch: the model
+    sees x (n, S, S, C), its reconstruction is compared with ``target``.
 
-    perceptual: mean squared difference of the EfficientNet features of input
-    and reconstruction, divided by ``feature_scale`` (the variance of the
-    training images' features, so the term is ~1 for a blank reconstruction),
-    plus ``pixel_weight`` x the pixel mse."""
-    import jax
+    perceptual: mean squared difference of the EfficientNet features of target
+    and reconstruction, divided by ``scale`` (the variance of the training
+    images' features, so the term is ~1 for a blank reconstruction), plus
+    ``pixel_weight`` x the pixel mse."""
     import jax.numpy as jnp
 
     def pixel(x, y, kind):
         d = y - x
         return jnp.mean(jnp.abs(d) if kind == "l1" else d * d, axis=(1, 2, 3))
 
-    def per_sample(model, x):
+    def per_sample(model, x, target, scale):
         y = model(x)
         if options.loss in ("mse", "l1"):
-            return pixel(x, y, options.loss)
-        fx = perceptual_features(x)
+            return pixel(target, y, options.loss)
+        fx = perceptual_features(target)
         fy = perceptual_features(y)
-        feat = jnp.mean((fx - fy) ** 2, axis=(1, 2, 3)) / feature_scale
-        return feat + options.pixel_weight * pixel(x, y, "mse")
+        feat = jnp.mean((fx - fy) ** 2, axis=(1, 2, 3)) / scale
+        return feat + options.pixel_weight * pixel(target, y, "mse")
 
     return per_sample
 
@@ -315,6 +380,74 @@ def _perceptual_extractor(options: AEOptions) -> Callable:
     return features
 
 
+def _trace_key(options: AEOptions) -> AEOptions:
+    """The options with what does not change the traced computation set to
+    fixed values: runs whose keys are equal share compiled functions."""
+    return dataclasses.replace(options, epochs=1, seed=0, patience=1, val_fraction=0.0, batch_size=1)
+
+
+@lru_cache(maxsize=16)
+def _training_functions(key: AEOptions):
+    """(optimiser, features, step, eval_sum) for options ``key`` (see
+    :func:`_trace_key`): jitted once per process and options, not per run.
+
+    step(model, opt_state, x, weight, rng, scale) -> (model, opt_state, loss);
+    eval_sum(model, x, weight, scale) -> the weighted sum of the losses."""
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    options = key
+    features = _perceptual_extractor(options) if options.loss == "perceptual" else None
+    per_sample = _loss_fn(options, features)
+    if options.weight_decay > 0:
+        optimiser = optax.adamw(options.lr, weight_decay=options.weight_decay)
+    else:
+        optimiser = optax.adam(options.lr)
+    pad = max(1, options.input_size // 16)
+
+    def augment(x, rng):
+        kf, kx, ky = jax.random.split(rng, 3)
+        flip = jax.random.bernoulli(kf, 0.5, (x.shape[0],))
+        x = jnp.where(flip[:, None, None, None], x[:, :, ::-1, :], x)
+        padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
+        dx = jax.random.randint(kx, (x.shape[0],), 0, 2 * pad + 1)
+        dy = jax.random.randint(ky, (x.shape[0],), 0, 2 * pad + 1)
+        crop = lambda im, a, b: jax.lax.dynamic_slice(im, (a, b, 0), x.shape[1:])
+        return jax.vmap(crop)(padded, dy, dx)
+
+    def batch_loss(model, x, weight, rng, scale):
+        ka, kn = jax.random.split(rng)
+        if options.augment:
+            x = augment(x, ka)
+        seen = x
+        if options.denoise > 0:
+            seen = jnp.clip(x + options.denoise * jax.random.normal(kn, x.shape, x.dtype), 0.0, 1.0)
+        losses = per_sample(model, seen, x, scale)
+        return jnp.sum(losses * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+    @eqx.filter_jit
+    def step(model, opt_state, x, weight, rng, scale):
+        loss, grads = eqx.filter_value_and_grad(batch_loss)(model, x, weight, rng, scale)
+        updates, opt_state = optimiser.update(grads, opt_state, eqx.filter(model, eqx.is_array))
+        return eqx.apply_updates(model, updates), opt_state, loss
+
+    @eqx.filter_jit
+    def eval_sum(model, x, weight, scale):
+        return jnp.sum(per_sample(model, x, x, scale) * weight)
+
+    return optimiser, (None if features is None else jax.jit(features)), step, eval_sum
+
+
+@lru_cache(maxsize=1)
+def _inference_functions():
+    """(encode, reconstruct), jitted once per process (compiled per model structure and shape)."""
+    import equinox as eqx
+
+    return eqx.filter_jit(lambda m, x: m.encode(x)), eqx.filter_jit(lambda m, x: m(x))
+
+
 # -- the trained model --------------------------------------------------------------
 
 
@@ -331,12 +464,10 @@ class TrainedAE:
         self.opt_state = opt_state  # optimiser state of the kept epoch (for resuming)
         self.interrupted = interrupted
         self._model = None
-        self._encode_fn = None
-        self._recon_fn = None
 
     def __getstate__(self):  # sent to worker processes: numpy arrays only
         state = dict(self.__dict__)
-        state.update(_model=None, _encode_fn=None, _recon_fn=None)
+        state.update(_model=None)
         return state
 
     @property
@@ -349,18 +480,9 @@ class TrainedAE:
         return self._model
 
     def _run(self, images: np.ndarray, which: str, chunk: int = 128) -> np.ndarray:
-        import equinox as eqx
-        import jax
-
         model = self.model()
-        if which == "encode":
-            if self._encode_fn is None:
-                self._encode_fn = eqx.filter_jit(lambda m, x: m.encode(x))
-            fn = self._encode_fn
-        else:
-            if self._recon_fn is None:
-                self._recon_fn = eqx.filter_jit(lambda m, x: m(x))
-            fn = self._recon_fn
+        encode, reconstruct = _inference_functions()
+        fn = encode if which == "encode" else reconstruct
         x = self._check_input(images)
         n = len(x)
         size = min(chunk, max(n, 1))
@@ -480,7 +602,6 @@ def train(images: np.ndarray, options: AEOptions, progress: Callable[[EpochRepor
     import equinox as eqx
     import jax
     import jax.numpy as jnp
-    import optax
 
     options.check()
     x_all = np.ascontiguousarray(np.asarray(images, np.float32).reshape(
@@ -491,14 +612,11 @@ def train(images: np.ndarray, options: AEOptions, progress: Callable[[EpochRepor
     train_idx, val_idx = _split(n, options)
     batch = min(options.batch_size, len(train_idx))
 
+    optimiser, features, step, eval_sum = _training_functions(_trace_key(options))
+    scale = jnp.float32(1.0)
     if options.loss == "perceptual":
-        features = _perceptual_extractor(options)
         sample = x_all[train_idx[:: max(1, len(train_idx) // 256)]]
-        scale = max(float(np.var(np.asarray(jax.jit(features)(jnp.asarray(sample))))), 1e-6)
-        per_sample = _loss_fn(options, features, scale)
-    else:
-        per_sample = _loss_fn(options, None)
-    optimiser = optax.adam(options.lr)
+        scale = jnp.float32(max(float(np.var(np.asarray(features(jnp.asarray(sample))))), 1e-6))
     if resume is not None:
         model = resume.model()
         opt_state = optimiser.init(eqx.filter(model, eqx.is_array))
@@ -509,34 +627,6 @@ def train(images: np.ndarray, options: AEOptions, progress: Callable[[EpochRepor
         model = _build(options, jax.random.PRNGKey(options.seed))
         opt_state = optimiser.init(eqx.filter(model, eqx.is_array))
         history = []
-
-    pad = max(1, options.input_size // 16)
-
-    def augment(x, key):
-        kf, kx, ky = jax.random.split(key, 3)
-        flip = jax.random.bernoulli(kf, 0.5, (x.shape[0],))
-        x = jnp.where(flip[:, None, None, None], x[:, :, ::-1, :], x)
-        padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
-        dx = jax.random.randint(kx, (x.shape[0],), 0, 2 * pad + 1)
-        dy = jax.random.randint(ky, (x.shape[0],), 0, 2 * pad + 1)
-        crop = lambda im, a, b: jax.lax.dynamic_slice(im, (a, b, 0), x.shape[1:])
-        return jax.vmap(crop)(padded, dy, dx)
-
-    def batch_loss(model, x, weight, key):
-        if options.augment:
-            x = augment(x, key)
-        losses = per_sample(model, x)
-        return jnp.sum(losses * weight) / jnp.maximum(jnp.sum(weight), 1.0)
-
-    @eqx.filter_jit
-    def step(model, opt_state, x, weight, key):
-        loss, grads = eqx.filter_value_and_grad(batch_loss)(model, x, weight, key)
-        updates, opt_state = optimiser.update(grads, opt_state, eqx.filter(model, eqx.is_array))
-        return eqx.apply_updates(model, updates), opt_state, loss
-
-    @eqx.filter_jit
-    def eval_sum(model, x, weight):
-        return jnp.sum(per_sample(model, x) * weight)
 
     def batches(idx):
         """Fixed-size batches (the last one padded, with zero weight)."""
@@ -549,7 +639,7 @@ def train(images: np.ndarray, options: AEOptions, progress: Callable[[EpochRepor
             yield x_all[part], weight
 
     def evaluate(model, idx) -> float:
-        total = sum(float(eval_sum(model, xb, w)) for xb, w in batches(idx))
+        total = sum(float(eval_sum(model, xb, w, scale)) for xb, w in batches(idx))
         return total / len(idx)
 
     best_model, best_state = model, opt_state
@@ -566,7 +656,7 @@ def train(images: np.ndarray, options: AEOptions, progress: Callable[[EpochRepor
             total, count = 0.0, 0
             for k, (xb, w) in enumerate(batches(order)):
                 key = jax.random.fold_in(jax.random.fold_in(base_key, epoch), k)
-                model, opt_state, loss = step(model, opt_state, xb, w, key)
+                model, opt_state, loss = step(model, opt_state, xb, w, key, scale)
                 total += float(loss) * float(w.sum())
                 count += float(w.sum())
             train_loss = total / max(count, 1.0)
