@@ -104,11 +104,16 @@ def connect(spec: Any, timeout: float = CONNECT_TIMEOUT):
     cluster = client = None
     try:
         if kind == "local":
-            cluster = distributed.LocalCluster(n_workers=value, threads_per_worker=1, processes=True,
-                                               host="127.0.0.1", dashboard_address=None,
-                                               silence_logs=logging.CRITICAL)
+            with _sigint_ignored():  # the workers start with SIGINT ignored (see _quiet_on_interrupt)
+                cluster = distributed.LocalCluster(n_workers=value, threads_per_worker=1, processes=True,
+                                                   host="127.0.0.1", dashboard_address=None,
+                                                   silence_logs=logging.CRITICAL)
         client = distributed.Client(cluster if cluster is not None else value, timeout=timeout,
                                     set_as_default=False)
+        if cluster is not None:
+            # Ctrl-C reaches the whole process group: our own workers leave it to
+            # this process, which cancels the work and stops them (no worker tracebacks).
+            client.register_plugin(_quiet_on_interrupt())
     except (KeyboardInterrupt, SystemExit):
         _close(client, cluster)
         raise
@@ -123,6 +128,21 @@ def connect(spec: Any, timeout: float = CONNECT_TIMEOUT):
         _close(client, cluster)
 
 
+@contextlib.contextmanager
+def _sigint_ignored():
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _close(client, cluster) -> None:
     for thing in (client, cluster):
         if thing is not None:
@@ -131,6 +151,24 @@ def _close(client, cluster) -> None:
 
 
 # -- on the workers ---------------------------------------------------------------------
+
+
+def _quiet_on_interrupt():
+    """A worker plugin: the worker process ignores SIGINT (for the workers
+    of a LocalCluster, which share the terminal's process group)."""
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class IgnoreInterrupt(WorkerPlugin):
+        name = "clusterimg-ignore-sigint"
+
+        def setup(self, worker):
+            import signal
+            import threading
+
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    return IgnoreInterrupt()
 
 _worker_ready = False
 
