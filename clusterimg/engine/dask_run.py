@@ -39,6 +39,7 @@ import logging
 import math
 import os
 import uuid
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -91,7 +92,7 @@ def check_scheduler(spec: Any) -> tuple[str, Any]:
 
 
 @contextlib.contextmanager
-def connect(spec: Any, timeout: float = CONNECT_TIMEOUT):
+def connect(spec: Any, timeout: float | None = None):
     """A :class:`DaskEngine` on the scheduler ``spec``; the client (and a
     LocalCluster started here) are closed on exit, a Client passed in is left
     open. Unreachable: ClusterimgError, exit 2."""
@@ -104,11 +105,14 @@ def connect(spec: Any, timeout: float = CONNECT_TIMEOUT):
     cluster = client = None
     try:
         if kind == "local":
-            with _sigint_ignored():  # the workers start with SIGINT ignored (see _quiet_on_interrupt)
+            # The workers start with SIGINT ignored (see _quiet_on_interrupt); no
+            # warning that the default port of Dask's HTTP server is taken.
+            with _sigint_ignored(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
                 cluster = distributed.LocalCluster(n_workers=value, threads_per_worker=1, processes=True,
                                                    host="127.0.0.1", dashboard_address=None,
                                                    silence_logs=logging.CRITICAL)
-        client = distributed.Client(cluster if cluster is not None else value, timeout=timeout,
+        client = distributed.Client(cluster if cluster is not None else value, timeout=timeout or CONNECT_TIMEOUT,
                                     set_as_default=False)
         if cluster is not None:
             # Ctrl-C reaches the whole process group: our own workers leave it to
