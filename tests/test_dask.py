@@ -99,6 +99,31 @@ def test_local_cluster_gives_the_local_manifest(photos, client, method, options)
     assert any(len(c["members"]) > 1 for c in manifest["clusters"])  # something was found to compare
 
 
+def test_cnn_builds_its_model_once_per_worker_process(photos, client, tmp_path):
+    """The learned features run on the workers too: the ONNX model is loaded
+    once per worker process (from the folder the client built it in) and
+    kept for the next tasks."""
+    pytest.importorskip("onnxruntime")
+    few = tmp_path / "few"
+    few.mkdir()
+    for name in ["lemur.jpg", "lemur_bright.jpg", "lemur_crop.jpg", "bison.jpg", "koala.jpg", "duck.jpg",
+                 "duck_small.jpg", "petra.jpg", "sheep.jpg"]:
+        shutil.copy(photos / name, few / name)
+    options = {"cluster": "graph", "batch_size": 4}
+    result = api.cluster(few, "cnn", cache=False, scheduler=client, **options)
+    assert comparable(result.manifest()) == local_manifest(few, "cnn", options)
+
+    def sessions():
+        from clusterimg.features import cnn
+
+        return [key[-1] for key in cnn._EMBEDDERS]
+
+    per_worker = client.run(sessions)
+    assert sum(len(v) for v in per_worker.values()) >= 1
+    assert all(len(v) <= 1 for v in per_worker.values())  # one session per process, reused by its tasks
+    assert all(folder is not None for v in per_worker.values() for folder in v)  # the client's model folder
+
+
 def test_one_worker_local_cluster_from_the_option(photos):
     method, options = "orb", {"batch_size": 8}
     result = api.cluster(photos, method, cache=False, scheduler="local:1", **options)
@@ -152,19 +177,17 @@ class KillOnFirstStep:
         return Bar
 
 
-def test_a_worker_killed_mid_run_costs_nothing(photos):
+def test_a_worker_killed_mid_run_costs_nothing(photos, client):
     options = {"batch_size": 8}
-    cluster, client = local_cluster()
+    killer = KillOnFirstStep(client)
     try:
-        killer = KillOnFirstStep(client)
         result = api.cluster(photos, "orb", cache=False, scheduler=client, progress=killer, **options)
         assert killer.killed is not None
         with pytest.raises(ProcessLookupError):
             os.kill(killer.killed, 0)
+        assert comparable(result.manifest()) == local_manifest(photos, "orb", options)
     finally:
-        client.close()
-        cluster.close()
-    assert comparable(result.manifest()) == local_manifest(photos, "orb", options)
+        client.wait_for_workers(2, timeout=60)  # its nanny starts it again
 
 
 # -- the command line ----------------------------------------------------------------
@@ -187,24 +210,22 @@ def scheduler(tmp_path_factory):
     try:
         procs.append(subprocess.Popen(dask + ["scheduler", "--host", "127.0.0.1", "--port", str(port),
                                               "--no-dashboard"], env=ENV, cwd=logs, stdout=subprocess.DEVNULL,
-                                      stderr=open(logs / "scheduler.log", "wb")))
+                                      stderr=open(logs / "scheduler.log", "wb"), start_new_session=True))
         for k in range(2):
             procs.append(subprocess.Popen(dask + ["worker", address, "--nworkers", "1", "--nthreads", "1",
                                                   "--no-dashboard", "--host", "127.0.0.1"],
                                           env=ENV, cwd=logs, stdout=subprocess.DEVNULL,
-                                          stderr=open(logs / f"worker{k}.log", "wb")))
+                                          stderr=open(logs / f"worker{k}.log", "wb"), start_new_session=True))
         with distributed.Client(address, timeout=30, set_as_default=False) as c:
             c.wait_for_workers(2, timeout=60)
         yield address
-    finally:
-        for p in reversed(procs):
-            p.terminate()
+    finally:  # each command in its own process group: a worker's nanny and its worker process go together
         for p in reversed(procs):
             try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait()
 
 
 def cli(*args) -> subprocess.Popen:
