@@ -43,6 +43,10 @@ def comparable(manifest: dict) -> dict:
     return manifest
 
 
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
 def timed(target: Path, method: str, engine: list[str], extra: list[str]) -> tuple[float, dict, float]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     load = os.getloadavg()[0]
@@ -69,7 +73,7 @@ def main() -> int:
     build(args.data)
     target = args.data if args.target == "all" else args.data / args.target
     engines = args.engine or list(ENGINES)
-    print(f"# {target} ({os.cpu_count()} CPUs); uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
+    print(f"# {target} ({os.cpu_count()} CPUs); uptime: {uptime()}")
     print("| method | engine | seconds | images/s | load before |")
     print("|---|---|---|---|---|")
     for method in args.method or ["phash", "orb"]:
@@ -86,7 +90,7 @@ def main() -> int:
               f"same manifest under every engine: {same}\n", flush=True)
         if not same:
             return 1
-    print(f"# uptime after: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
+    print(f"# uptime after: {uptime()}")
     return 0
 
 
