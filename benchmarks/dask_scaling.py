@@ -15,14 +15,16 @@ It prints wall time, images/s, the scaling ratio (local:1 / local:2; on a
 2-core machine 2 workers can at best halve the time), Dask's overhead
 against the local pool at one worker (local:1 / -j 1) and at two
 (local:2 / -j 2), the load average before each run (the machine may be
-shared), and checks that all four manifests are the same. Not part of the
-test run.
+shared) and the CPU seconds of the command's whole process tree (steadier
+than wall time on a shared machine), and checks that all four manifests are
+the same. Not part of the test run.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -47,17 +49,23 @@ def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
-def timed(target: Path, method: str, engine: list[str], extra: list[str]) -> tuple[float, dict, float]:
+def timed(target: Path, method: str, engine: list[str], extra: list[str]) -> tuple[float, dict, float, float]:
+    """Wall seconds, manifest, load average before, and CPU seconds of the
+    whole process tree (every process of the command is waited for by its
+    parent, so the children's rusage holds them all)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     load = os.getloadavg()[0]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     run = subprocess.run([sys.executable, "-m", "clusterimg", "run", str(target), "--method", method, "--no-cache",
                           "--transfer", "none", "--json", "--quiet", *engine, *extra],
                          env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if run.returncode != 0:
         raise SystemExit(f"{method} {' '.join(engine)} failed ({run.returncode}): {run.stderr.strip()[-2000:]}")
-    return seconds, json.loads(run.stdout), load
+    return seconds, json.loads(run.stdout), load, cpu
 
 
 def main() -> int:
@@ -74,15 +82,16 @@ def main() -> int:
     target = args.data if args.target == "all" else args.data / args.target
     engines = args.engine or list(ENGINES)
     print(f"# {target} ({os.cpu_count()} CPUs); uptime: {uptime()}")
-    print("| method | engine | seconds | images/s | load before |")
-    print("|---|---|---|---|---|")
+    print("| method | engine | seconds | images/s | CPU s (tree) | load before |")
+    print("|---|---|---|---|---|---|")
     for method in args.method or ["phash", "orb"]:
         times, manifests = {}, {}
         for name in engines:
-            seconds, manifest, load = timed(target, method, ENGINES[name], args.extra.split())
+            seconds, manifest, load, cpu = timed(target, method, ENGINES[name], args.extra.split())
             times[name], manifests[name] = seconds, comparable(manifest)
             images = manifest["stats"]["images"]
-            print(f"| {method} | {name} | {seconds:.1f} | {images / seconds:.0f} | {load:.2f} |", flush=True)
+            print(f"| {method} | {name} | {seconds:.1f} | {images / seconds:.0f} | {cpu:.1f} | {load:.2f} |",
+                  flush=True)
         same = all(m == manifests[engines[0]] for m in manifests.values())
         ratio = lambda a, b: f"{times[a] / times[b]:.2f}" if a in times and b in times else "-"
         print(f"\n{method}: scaling local:1 / local:2 = {ratio('local:1', 'local:2')} (2.00 would be perfect); "

@@ -284,8 +284,9 @@ class DaskEngine:
         self.futures: list = []
 
     def workers(self) -> int:
+        """Tasks the cluster runs at once now (its worker threads)."""
         with contextlib.suppress(Exception):
-            return len(self.client.scheduler_info().get("workers", {}))
+            return int(sum(self.client.nthreads().values()))
         return 0
 
     def _submit(self, fn, *args, name: str):
@@ -303,8 +304,9 @@ class DaskEngine:
             try:
                 value = future.result()
             except Exception as e:  # a task that kept failing (e.g. its worker died RETRIES times)
-                raise ClusterimgError(f"a Dask task failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                                      .rstrip(": "))
+                why = f"{type(e).__name__}: {str(e).splitlines()[0]}" if str(e) else type(e).__name__
+                raise ClusterimgError(f"a Dask task failed ({why}); do the workers run this clusterimg "
+                                      "version and see the images at the same paths?")
             bar.update(1 if steps is None else steps[k])
             yield k, value
 
