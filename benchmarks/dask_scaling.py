@@ -24,14 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import build  # noqa: E402  (the 6,273-image set, as speed.py builds it)
+from speed import build, sample  # noqa: E402  (the 6,273-image set; CPU seconds of processes)
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINES = {"-j 1": ["--workers", "1"], "-j 2": ["--workers", "2"],
@@ -45,27 +45,50 @@ def comparable(manifest: dict) -> dict:
     return manifest
 
 
+def tree(pid: int) -> list[int]:
+    """``pid`` and its descendants, whichever thread started them (a
+    LocalCluster's workers are started by its event loop's thread)."""
+    found, stack = [], [pid]
+    while stack:
+        p = stack.pop()
+        found.append(p)
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for t in tasks:
+            try:
+                with open(f"/proc/{p}/task/{t}/children") as f:
+                    stack.extend(int(c) for c in f.read().split())
+            except OSError:
+                pass
+    return found
+
+
 def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
 def timed(target: Path, method: str, engine: list[str], extra: list[str]) -> tuple[float, dict, float, float]:
     """Wall seconds, manifest, load average before, and CPU seconds of the
-    whole process tree (every process of the command is waited for by its
-    parent, so the children's rusage holds them all)."""
+    whole process tree (sampled every 0.1 s from /proc, as speed.py does:
+    the pool's workers are not children of the main process)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     load = os.getloadavg()[0]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    run = subprocess.run([sys.executable, "-m", "clusterimg", "run", str(target), "--method", method, "--no-cache",
-                          "--transfer", "none", "--json", "--quiet", *engine, *extra],
-                         env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    if run.returncode != 0:
-        raise SystemExit(f"{method} {' '.join(engine)} failed ({run.returncode}): {run.stderr.strip()[-2000:]}")
-    return seconds, json.loads(run.stdout), load, cpu
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "clusterimg", "run", str(target), "--method", method,
+                                 "--no-cache", "--transfer", "none", "--json", "--quiet", *engine, *extra],
+                                env=env, stdout=out, stderr=err, text=True)
+        cpu: dict[int, float] = {}
+        while proc.poll() is None:
+            sample(tree(proc.pid), cpu)
+            time.sleep(0.1)
+        seconds = time.perf_counter() - start
+        out.seek(0), err.seek(0)
+        if proc.returncode != 0:
+            raise SystemExit(f"{method} {' '.join(engine)} failed ({proc.returncode}): {err.read().strip()[-2000:]}")
+        return seconds, json.load(out), load, sum(cpu.values())
 
 
 def main() -> int:
