@@ -236,6 +236,7 @@ def cluster(
     reference: Sequence[str | os.PathLike] = (),
     exclude_globs: Sequence[str] = (),
     warn=None,
+    scheduler=None,
     **options,
 ) -> Result:
     """Cluster the images of ``inputs`` and return a :class:`Result`.
@@ -259,6 +260,10 @@ def cluster(
     never moved (a move copies them) or deduplicated. ``exclude_globs``:
     names or relative paths to leave out (``"*.tmp"``, ``"raw/*"``).
     ``warn``: receives one-line warnings (default: :func:`warnings.warn`).
+    ``scheduler``: run the reading and the first stage on a Dask cluster: a
+    scheduler address (``"tcp://host:8786"``), ``"local:N"`` (a LocalCluster
+    of N worker processes) or a ``distributed.Client`` (see
+    :mod:`clusterimg.engine.dask_run`); None: the local process pool.
 
     >>> import clusterimg
     >>> result = clusterimg.cluster("examples", method="phash", cache=False)
@@ -276,6 +281,21 @@ def cluster(
     if batch_size is None or batch_size < 0:
         raise ClusterimgError("batch_size must be 0 (one batch) or more", exit_code=2)
     roots = resolve_inputs(inputs, reference)
+    with _engine(scheduler) as engine:  # a scheduler is reached (or refused) before the long work
+        return _cluster(roots, engine, backend, model, inputs, method, threshold, batch_size, recursive, workers,
+                        exhaustive, cache, cache_max_size, exclude, progress, keep_features, exclude_globs, warn)
+
+
+def _engine(scheduler):
+    if scheduler is None:
+        return contextlib.nullcontext(None)
+    from clusterimg.engine.dask_run import connect
+
+    return connect(scheduler)
+
+
+def _cluster(roots, engine, backend, model, inputs, method, threshold, batch_size, recursive, workers, exhaustive,
+             cache, cache_max_size, exclude, progress, keep_features, exclude_globs, warn) -> Result:
     bars = bars_for(progress)
     started = time.perf_counter()
     paths, skipped = find_images(roots, recursive=recursive, exclude=Path(exclude) if exclude else None,
@@ -291,16 +311,24 @@ def cluster(
     if cache not in (True, False, None):
         backend.model_dir = Path(cache) / "models"
     backend.prepare([str(source(p)) for p in unique], bars)
+    used = backend.default_threshold if threshold is None else float(threshold)
     with cache_for(backend, cache, warn, cache_max_size) as store:
         t = time.perf_counter()
-        images = read_images(backend, unique, source, workers=workers, cache=store, bar=bars("reading images"))
-        timings["extract"] = time.perf_counter() - t
-        t = time.perf_counter()
-        used = backend.default_threshold if threshold is None else float(threshold)
-        with PairScorer(backend, images.files, store, features=images.features, workers=workers) as scorer:
-            groups = model.cluster(backend, images.features, scorer, threshold=used, batch_size=batch_size,
-                                   exhaustive=exhaustive, bars=bars)
-        timings["cluster"] = time.perf_counter() - t
+        if engine is not None:  # reading and the first stage as Dask tasks (engine/dask_run.py)
+            images, groups, computed, reused = engine.cluster(
+                backend, model, unique, [str(source(p)) for p in unique], store, threshold=used,
+                batch_size=batch_size, exhaustive=exhaustive, bars=bars,
+                want_features=keep_features or any(r.reference for r in roots))
+            timings["cluster"] = time.perf_counter() - t  # reading included
+        else:
+            images = read_images(backend, unique, source, workers=workers, cache=store, bar=bars("reading images"))
+            timings["extract"] = time.perf_counter() - t
+            t = time.perf_counter()
+            with PairScorer(backend, images.files, store, features=images.features, workers=workers) as scorer:
+                groups = model.cluster(backend, images.features, scorer, threshold=used, batch_size=batch_size,
+                                       exhaustive=exhaustive, bars=bars)
+            computed, reused = scorer.computed, scorer.reused
+            timings["cluster"] = time.perf_counter() - t
     clusters, outliers = name_groups(groups, images.paths)
     if any(r.reference for r in roots):
         is_ref = functools.partial(is_reference, roots)
@@ -324,7 +352,7 @@ def cluster(
         roots=roots,
         input_arg=_input_arg(inputs),
         timings=timings,
-        counts=dict(images.counts, pairs_scored=scorer.computed, pairs_reused=scorer.reused,
+        counts=dict(images.counts, pairs_scored=computed, pairs_reused=reused,
                     exact_copies=len(twin_of) - len(skipped_copies)),
         features=dict(zip(images.paths, images.features)) if keep_features else None,
     )

@@ -201,12 +201,15 @@ def main():
 @click.option("--report", "with_report", is_flag=True,
               help="Also write OUT/report.html (see `clusterimg report`).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars and no summary.")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Read and compare the images on a Dask cluster: its scheduler's address (tcp://host:8786), "
+                   "or local:N for N local worker processes (needs `pip install 'clusterimg[dask]'`).")
 @cache_options
 @model_options
 @friendly_errors
 def run(folders, method, cluster, threshold, out, transfer, overwrite, resume, exclude_globs, batch_size, recursive,
         workers, exhaustive, out_format, as_json, reference, with_plots, verbose, with_report, quiet, cache_dir,
-        no_cache, cache_max_size=None, **options):
+        no_cache, cache_max_size=None, scheduler=None, **options):
     """Cluster the images in FOLDERS (one or more folders, clustered together)
     and write the clusters to an output folder.
 
@@ -214,6 +217,10 @@ def run(folders, method, cluster, threshold, out, transfer, overwrite, resume, e
     folders (at another threshold, or after Ctrl-C) reuses them.
     """
     backend, model = check_options(method, cluster, options)
+    if scheduler is not None:  # Dask installed and the address well formed, before any work
+        from clusterimg.engine.dask_run import check_scheduler
+
+        check_scheduler(scheduler)
     out_format = out_format or ("json" if as_json else None)
     if with_plots:
         if backend.kind != "vector":
@@ -254,7 +261,7 @@ def run(folders, method, cluster, threshold, out, transfer, overwrite, resume, e
                 batch_size=batch_size, recursive=recursive, workers=workers, exhaustive=exhaustive,
                 cache=cache_arg(cache_dir, no_cache), cache_max_size=cache_max_size, exclude_globs=exclude_globs,
                 progress=bars,
-                reference=reference, warn=warn, keep_features=with_plots, **options)
+                reference=reference, warn=warn, keep_features=with_plots, scheduler=scheduler, **options)
             if not no_cache and not quiet:
                 say(cache_line(result))
             if verbose and "model_selection" in result.clustering:

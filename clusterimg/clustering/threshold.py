@@ -160,17 +160,13 @@ def group_features(
     """
     scorer = scorer or PairScorer(method, [])
     n = len(features)
-    size = batch_size if batch_size and batch_size > 0 else max(n, 1)
-    batches = [range(start, min(start + size, n)) for start in range(0, n, size)]
+    batches = batch_ranges(n, batch_size)
     uf = UnionFind(n)
     edges = Edges()
     for number, batch in enumerate(batches, 1):
-        stacked = method.stack([features[k] for k in batch])
         label = f"pairs (batch {number}/{len(batches)})" if len(batches) > 1 else "pairs"
-        i, j, s = find_pairs(method, stacked, len(batch), threshold, exhaustive=exhaustive,
-                             score_fn=scorer.score_fn(stacked, batch), bar=bars(label),
-                             joined=UnionFind(len(batch)) if method.parallel_scores else None)
-        i, j = i + batch.start, j + batch.start
+        i, j, s = search_batch(method, [features[k] for k in batch], batch, threshold, exhaustive, scorer,
+                               bars(label))
         uf.union_pairs(i, j)
         edges.add(i, j, s)
     if len(batches) > 1:
@@ -181,16 +177,45 @@ def group_features(
                 method, features, [m for _, m in found], strength, scorer)):
             reps.append(members[pos])
             rep_batch.append(number)
-        reps_arr = np.asarray(reps, dtype=np.int64)
-        stacked = method.stack([features[k] for k in reps])
-        i, j, s = find_pairs(
-            method, stacked, len(reps), threshold, exhaustive=exhaustive,
-            group=np.asarray(rep_batch), score_fn=scorer.score_fn(stacked, reps), bar=bars("pairs (merge stage)"),
-            joined=UnionFind(len(reps)) if method.parallel_scores else None,
-        )
-        uf.union_pairs(reps_arr[i], reps_arr[j])
-        edges.add(reps_arr[i], reps_arr[j], s)
+        i, j, s = merge_stage(method, [features[k] for k in reps], reps, rep_batch, threshold, exhaustive, scorer,
+                              bars("pairs (merge stage)"))
+        uf.union_pairs(i, j)
+        edges.add(i, j, s)
     return uf.groups(), edges
+
+
+# The two stages as functions of their own, so that another engine
+# (engine/dask_run.py) runs the same code on the same inputs.
+
+
+def batch_ranges(n: int, batch_size: int) -> list[range]:
+    """The first stage's batches: consecutive ranges of ``batch_size`` images (0: one batch)."""
+    size = batch_size if batch_size and batch_size > 0 else max(n, 1)
+    return [range(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+def search_batch(method: Method, features: Sequence[Feature], batch: range, threshold: float, exhaustive: bool,
+                 scorer: PairScorer, bar=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stage 1 on one batch: its pairs at or above ``threshold`` (global
+    indices; ``features`` are the batch's, in order)."""
+    stacked = method.stack(features)
+    i, j, s = find_pairs(method, stacked, len(batch), threshold, exhaustive=exhaustive,
+                         score_fn=scorer.score_fn(stacked, batch), bar=bar,
+                         joined=UnionFind(len(batch)) if method.parallel_scores else None)
+    return i + batch.start, j + batch.start, s
+
+
+def merge_stage(method: Method, features: Sequence[Feature], reps: Sequence[int], rep_batch: Sequence[int],
+                threshold: float, exhaustive: bool, scorer: PairScorer, bar=None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stage 2: pairs at or above ``threshold`` between representatives
+    (global indices ``reps``, their ``features``) of different batches."""
+    reps_arr = np.asarray(reps, dtype=np.int64)
+    stacked = method.stack(features)
+    i, j, s = find_pairs(method, stacked, len(reps), threshold, exhaustive=exhaustive,
+                         group=np.asarray(rep_batch), score_fn=scorer.score_fn(stacked, reps), bar=bar,
+                         joined=UnionFind(len(reps)) if method.parallel_scores else None)
+    return reps_arr[i], reps_arr[j], s
 
 
 class GraphClusterer(Clusterer):

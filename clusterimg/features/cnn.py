@@ -28,9 +28,9 @@ def _embedder(key: tuple):
     if emb is None:
         from clusterimg.nn.efficientnet import Embedder
 
-        model, input_size, mean, std, output_name, threads = key
+        model, input_size, mean, std, output_name, threads, folder = key
         if model is None:
-            emb = Embedder.default(threads=threads)
+            emb = Embedder.default(folder, threads=threads)
         else:
             emb = Embedder.from_onnx(model, input_size=input_size or None, mean=mean, std=std,
                                      output_name=output_name, threads=threads)
@@ -81,7 +81,9 @@ class CNN(VectorMethod):
             if p["model"] is None:
                 identity = ef.default_model_id()
                 try:
-                    ef.model_file()  # build it once here, not in every worker at once
+                    # build it once here, not in every worker at once; its folder goes with
+                    # the backend to the workers (a Dask worker may have another cache folder)
+                    self.onnx_dir = str(ef.model_file().parent)
                 except ClusterimgError:
                     pass  # an unwritable cache folder: each process builds it in memory
                 self.input_size = ef.INPUT_SIZE
@@ -102,7 +104,8 @@ class CNN(VectorMethod):
 
     def _key(self) -> tuple:
         p = self.params
-        return (p["model"], p["input_size"], p["mean"], p["std"], p["output_name"], 1)
+        return (p["model"], p["input_size"], p["mean"], p["std"], p["output_name"], 1,
+                getattr(self, "onnx_dir", None))
 
     # -- features
     def decode(self, path) -> np.ndarray:
