@@ -16,7 +16,7 @@ The public Python API (everything else is private and may change)::
 - :class:`ClusterimgError` is raised for fatal problems (a missing input, a
   refused output folder), with a one-line message and an ``exit_code``.
 """
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 from clusterimg.api import cluster, clustering_models, methods  # noqa: E402
 from clusterimg.errors import ClusterimgError  # noqa: E402
