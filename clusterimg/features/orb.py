@@ -64,8 +64,8 @@ def _vocabulary_bits() -> np.ndarray:
 VOCAB_BITS = _vocabulary_bits()
 # Words in more than this share of a batch's images (and in more than
 # STOP_WORD_MIN of them) are left out of the candidate search: on the dev
-# benchmark this leaves the clusters as they were, scores 15 % fewer pairs,
-# and halves the search.
+# benchmark this leaves the clusters as they were and scores 13 % fewer
+# pairs; on 1,000 photos the search took 0.9 s instead of 3.1 s.
 STOP_WORD_SHARE = 0.05
 STOP_WORD_MIN = 20
 
