@@ -22,12 +22,11 @@ Standard library and numpy only.
 """
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from pathlib import Path, PurePath
 
-from clusterimg.errors import ClusterimgError
+from clusterimg.errors import ClusterimgError, read_json_file
 
 MATCHES = ("auto", "path", "name")
 
@@ -45,12 +44,7 @@ def load_truth(path: str | Path) -> dict[str, str]:
         if not truth:
             raise ClusterimgError(f"no images in class sub-folders of {path}", exit_code=2)
         return truth
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ClusterimgError(f"truth not found: {path}", exit_code=2)
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise ClusterimgError(f"cannot read truth {path}: {str(e).splitlines()[0]}", exit_code=2)
+    data = read_json_file(path, "truth")
     if not isinstance(data, dict) or not isinstance(data.get("groups"), list):
         raise ClusterimgError(f"{path} is not a truth.json (no \"groups\" list)", exit_code=2)
     names = data.get("classes") or []
@@ -70,12 +64,7 @@ def load_truth(path: str | Path) -> dict[str, str]:
 def load_manifest(path: str | Path) -> dict:
     """A clusters.json; ClusterimgError (exit 2) with a one-line message if unreadable."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ClusterimgError(f"manifest not found: {path}", exit_code=2)
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise ClusterimgError(f"cannot read manifest {path}: {str(e).splitlines()[0]}", exit_code=2)
+    data = read_json_file(path, "manifest")
     if not isinstance(data, dict) or not isinstance(data.get("clusters", []), list):
         raise ClusterimgError(f"{path} is not a clusterimg manifest (no \"clusters\" list)", exit_code=2)
     return data

@@ -57,7 +57,7 @@ import numpy as np
 
 from clusterimg import __version__
 from clusterimg.atomic import atomic_file
-from clusterimg.errors import ClusterimgError
+from clusterimg.errors import ClusterimgError, read_json_file
 from clusterimg.features import get_method
 from clusterimg.features.base import Feature, Method
 
@@ -569,12 +569,7 @@ def load(path: str | os.PathLike) -> ClusterModel:
 
 def read_labels_file(path: str | os.PathLike) -> dict:
     """The labels JSON object of ``path`` (one-line error if it is not one)."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ClusterimgError(f"labels file not found: {path}", exit_code=2)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ClusterimgError(f"cannot read labels file {path}: {str(e).splitlines()[0]}", exit_code=2)
+    data = read_json_file(path, "labels file")
     if not isinstance(data, dict):
         raise ClusterimgError(f"labels file {path} must hold an object {{\"cluster id\": [labels]}}", exit_code=2)
     return data
