@@ -87,7 +87,7 @@ def rounds(proposed, n: int, chunk: int) -> tuple[int, Iterator[tuple[np.ndarray
     order = np.lexsort((key, rank))
     key, first = np.unique(key[order], return_index=True)  # each pair once, at its nearest rank
     rank = rank[order][first]
-    order = np.lexsort((key, rank))
+    order = np.argsort(rank, kind="stable")  # by rank, then (as unique sorted them) by key
     key, rank = key[order], rank[order]
 
     def pieces():

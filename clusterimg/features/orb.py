@@ -244,6 +244,20 @@ def orb_feature(gray: np.ndarray, side: int, features: int) -> dict:
     }
 
 
+def match_score(a: dict, b: dict, side: int, features: int) -> float:
+    """Similarity of two orb features (of ``features`` keypoints on a
+    thumbnail of ``side``) from the inliers of their verified match."""
+    fewest = min(len(a["desc"]), len(b["desc"]))
+    if fewest == 0:
+        return 0.0
+    # Match b as it is or mirrored, whichever shares more visual words with
+    # a: one descriptor matching per pair instead of two.
+    mirrored = shared_words(a["words"], b["words_m"]) > shared_words(a["words"], b["words"])
+    suffix = "_m" if mirrored else ""
+    inliers, _ = verify(a["points"], a["desc"], b["points" + suffix], b["desc" + suffix], side)
+    return evidence_score(inliers, fewest, EVIDENCE_SCALE * features)
+
+
 def bag_of_words(features) -> "scipy.sparse.csr_matrix":
     """Rows: idf-weighted, L2-normalised presence of the words of an image and
     of its mirror (so an image and its mirror image get the same row)."""
@@ -310,17 +324,9 @@ class ORB(Method):
         """Similarity of two features; the same whichever comes first."""
         if tuple(a["key"]) > tuple(b["key"]):
             a, b = b, a
-        fewest = min(len(a["desc"]), len(b["desc"]))
-        if fewest == 0:
-            return 0.0
-        if np.array_equal(a["desc"], b["desc"]) and np.array_equal(a["points"], b["points"]):
+        if len(a["desc"]) and np.array_equal(a["desc"], b["desc"]) and np.array_equal(a["points"], b["points"]):
             return 1.0
-        # Match b as it is or mirrored, whichever shares more visual words with
-        # a: one descriptor matching per pair instead of two.
-        mirrored = shared_words(a["words"], b["words_m"]) > shared_words(a["words"], b["words"])
-        suffix = "_m" if mirrored else ""
-        inliers, _ = verify(a["points"], a["desc"], b["points" + suffix], b["desc" + suffix], self.params["orb_side"])
-        return evidence_score(inliers, fewest, EVIDENCE_SCALE * self.params["orb_features"])
+        return match_score(a, b, self.params["orb_side"], self.params["orb_features"])
 
     def score(self, stacked, i, j):
         feats = stacked["features"]

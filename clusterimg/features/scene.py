@@ -29,10 +29,10 @@ import numpy as np
 
 from clusterimg.engine.search import top_k_pairs
 from clusterimg.features.base import Method, Option, candidates_option
-from clusterimg.features.orb import (EVIDENCE_SCALE, bag_of_words, evidence_score, nearest, orb_feature, plausible,
-                                     shared_words, thumbnail, verify)
+from clusterimg.features.orb import bag_of_words, match_score, nearest, orb_feature, plausible, thumbnail
 
-ORB_FEATURES = 500
+ORB_FEATURES = 500  # stage 1: orb as it was calibrated for this backend
+ORB_SIDE = 512
 ORB_THRESHOLD = 0.57  # orb's default: a pair above it is settled by stage 1
 
 SIFT_RATIO = 0.8
@@ -223,7 +223,7 @@ class Scene(Method):
         if image.ndim == 3:
             image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
         gray = np.ascontiguousarray(image, dtype=np.uint8)
-        feat = orb_feature(gray, 512, ORB_FEATURES)
+        feat = orb_feature(gray, ORB_SIDE, ORB_FEATURES)
         small = thumbnail(gray, self.params["scene_side"])
         points, desc = sift_detect(small, self.params["scene_features"])
         feat.update(s_points=points, s_desc=desc, shape=np.array(small.shape[:2], np.int64),
@@ -233,15 +233,6 @@ class Scene(Method):
     def stack(self, features):
         return {"features": list(features), "bow": None}
 
-    def orb_score(self, a: dict, b: dict) -> float:
-        fewest = min(len(a["desc"]), len(b["desc"]))
-        if fewest == 0:
-            return 0.0
-        mirrored = shared_words(a["words"], b["words_m"]) > shared_words(a["words"], b["words"])
-        suffix = "_m" if mirrored else ""
-        inliers, _ = verify(a["points"], a["desc"], b["points" + suffix], b["desc" + suffix], 512)
-        return evidence_score(inliers, fewest, EVIDENCE_SCALE * ORB_FEATURES)
-
     def pair_score(self, a: dict, b: dict) -> float:
         """Similarity of two features; the same whichever comes first."""
         if tuple(a["key"]) > tuple(b["key"]):
@@ -249,7 +240,7 @@ class Scene(Method):
         if (np.array_equal(a["desc"], b["desc"]) and np.array_equal(a["points"], b["points"])
                 and np.array_equal(a["s_desc"], b["s_desc"])):
             return 1.0 if len(a["desc"]) or len(a["s_desc"]) else 0.0
-        first = self.orb_score(a, b)
+        first = match_score(a, b, ORB_SIDE, ORB_FEATURES)
         if first >= ORB_THRESHOLD:
             return first
         inliers, _ = scene_verify(a, b)
