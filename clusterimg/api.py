@@ -15,6 +15,7 @@ import hashlib
 import os
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -301,8 +302,9 @@ def _cluster(roots, engine, backend, model, inputs, method, threshold, batch_siz
     paths, skipped = find_images(roots, recursive=recursive, exclude=Path(exclude) if exclude else None,
                                  exclude_globs=exclude_globs)
     timings = {"discover": time.perf_counter() - started}
-    source = functools.partial(source_of, roots)
-    twin_of = exact_copies([str(source(p)) for p in paths])
+    file_of = {p: str(source_of(roots, p)) for p in paths}
+    source = file_of.__getitem__
+    twin_of = exact_copies(list(file_of.values()))
     unique = [p for k, p in enumerate(paths) if k not in twin_of]  # exact copies are not read twice
     timings["exact"] = time.perf_counter() - started - timings["discover"]
     workers = workers or os.cpu_count() or 1
@@ -400,13 +402,17 @@ def exact_copies(files: Sequence[str]) -> dict[int, int]:
             continue  # it will be reported when it is read
         if size:
             by_size.setdefault(size, []).append(k)
+    hashed = [k for same_size in by_size.values() if len(same_size) > 1 for k in same_size]
+    # Reading and hashing release the GIL: two threads read two files at once.
+    with ThreadPoolExecutor(2) as pool:
+        digests = dict(zip(hashed, pool.map(_content_digest, [files[k] for k in hashed])))
     twin_of: dict[int, int] = {}
     for same_size in by_size.values():
         if len(same_size) < 2:
             continue
         first_with: dict[bytes, int] = {}
         for k in same_size:
-            digest = _content_digest(files[k])
+            digest = digests[k]
             if digest is None:
                 continue
             if digest in first_with:

@@ -138,3 +138,40 @@ def test_unreadable_files_raise_a_one_line_reason(tmp_path, content, reason):
 def test_one_pixel_image_decodes(tmp_path):
     path = write_photo(tmp_path / "p.png", Image.new("RGB", (1, 1), (10, 20, 30)))
     assert load_image(path, max_side=64).shape == (1, 1, 3)
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+@pytest.mark.parametrize("gray", [True, False])
+@pytest.mark.parametrize("options", [dict(max_side=60, reduce_only=True), dict(max_side=100), dict(min_side=50)])
+def test_the_opencv_jpeg_path_gives_pillows_pixels(tmp_path, monkeypatch, orientation, gray, options):
+    # Reduced JPEGs are decoded by OpenCV for speed; the result must be the
+    # very pixels of Pillow's draft decode, EXIF orientation included.
+    import clusterimg.images as images
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = write_photo(tmp_path / "r.jpg", make_photo(3, (641, 479)), quality=90, exif=exif)
+    calls = []
+    real = images._reduced_jpeg
+    monkeypatch.setattr(images, "_reduced_jpeg", lambda *a: calls.append(1) or real(*a))
+    fast = load_image(path, gray=gray, **options)
+    assert calls
+    monkeypatch.setattr(images, "_reduced_jpeg", lambda *a: None)
+    slow = load_image(path, gray=gray, **options)
+    assert fast.shape == slow.shape and np.array_equal(fast, slow)
+    assert (fast.shape[0] > fast.shape[1]) == (orientation in (6, 8))  # upright
+
+
+def test_truncated_and_cmyk_jpegs_take_the_pillow_path(tmp_path):
+    import clusterimg.images as images
+
+    whole = write_photo(tmp_path / "whole.jpg", make_photo(4, (400, 300)), quality=90).read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(whole[: len(whole) * 2 // 3])
+    cut = load_image(tmp_path / "cut.jpg", max_side=100, gray=True)  # decoded as far as the data goes
+    assert cut.shape == (75, 100)
+    with Image.open(io.BytesIO(whole[: len(whole) * 2 // 3])) as im:
+        assert images._reduced_jpeg(io.BytesIO(whole[: len(whole) * 2 // 3]), im, (100, 75), True) is None
+    write_photo(tmp_path / "c.jpg", make_photo(4, (400, 300)).convert("CMYK"))
+    with Image.open(tmp_path / "c.jpg") as im:
+        assert images._reduced_jpeg(io.BytesIO((tmp_path / "c.jpg").read_bytes()), im, (100, 75), True) is None
+    assert load_image(tmp_path / "c.jpg", max_side=100).shape == (75, 100, 3)

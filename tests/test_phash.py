@@ -7,6 +7,7 @@ from skimage import data
 from clusterimg.features import get_method
 from clusterimg.features.phash import HASH_KINDS, PHash
 from clusterimg.engine.search import find_pairs
+from conftest import make_photo, write_photo
 
 
 def gray(image):
@@ -108,3 +109,26 @@ def test_options_and_defaults():
         get_method("phash", hash="whash", hash_size=12)
     with pytest.raises(ValueError):
         get_method("phash", hash="md5")
+
+
+def test_a_chunk_is_hashed_as_each_image_alone():
+    method = PHash()
+    images = [np.asarray(make_photo(seed, (200 + 7 * seed, 150)).convert("L")) for seed in range(12)]
+    one_by_one = np.stack([method.extract(im) for im in images])
+    assert np.array_equal(np.stack(method.extract_many(images)), one_by_one)
+    assert len({tuple(h) for h in one_by_one}) == 12  # distinct photos, distinct hashes
+
+
+def test_threads_extract_the_same_features_in_the_same_order(tmp_path):
+    from clusterimg.engine.extract import extract_features
+
+    files = [str(write_photo(tmp_path / f"{k:02d}.jpg", make_photo(k % 9))) for k in range(40)]
+    (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
+    files.insert(17, str(tmp_path / "bad.jpg"))
+    method = PHash()
+    assert method.extract_in_threads
+    serial = extract_features(method, files, workers=1)
+    threaded = extract_features(method, files, workers=2)
+    assert [r for _, r in threaded] == [r for _, r in serial]
+    assert threaded[17][0] is None and threaded[17][1]
+    assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(serial, threaded) if a is not None)

@@ -10,7 +10,8 @@ import sys
 import threading
 import time
 import types
-from concurrent.futures import ProcessPoolExecutor
+from functools import partial
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Sequence
 
@@ -151,6 +152,9 @@ def _main_module_hidden(method: Method):
 def _extract_iter(method: Method, files: Sequence[str], workers: int, chunk: int):
     """Yield (feature, reason) for ``files`` in order, over ``workers`` processes."""
     pieces = [files[k : k + chunk] for k in range(0, len(files), chunk)]
+    if workers > 1 and len(pieces) > 1 and method.extract_in_threads:
+        yield from _extract_in_threads(method, pieces, workers)
+        return
     if workers <= 1 or len(files) < MIN_IMAGES_FOR_POOL:
         for piece in pieces:
             yield from extract_chunk(method, piece)
@@ -175,6 +179,19 @@ def _extract_iter(method: Method, files: Sequence[str], workers: int, chunk: int
         _stop_workers(pool)
         raise
     pool.shutdown(wait=True)
+
+
+def _extract_in_threads(method: Method, pieces: Sequence[Sequence[str]], workers: int):
+    """``_extract_iter`` over threads of this process, for a backend whose
+    per-image work is nearly all in C code that releases the GIL (OpenCV's
+    JPEG decoder): no worker processes to start, import and feed."""
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="clusterimg-extract")
+    try:
+        for piece in pool.map(partial(extract_chunk, method), pieces):
+            yield from piece
+    finally:
+        # Ctrl-C or a closed generator: drop queued chunks; running ones end within a chunk.
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _stop_workers(pool: ProcessPoolExecutor) -> None:

@@ -47,6 +47,10 @@ class Method(Configurable):
     # Pairs scored per call (and per step of the progress bar): thousands for
     # vectorised backends, a few hundred for those that take milliseconds a pair.
     score_chunk: ClassVar[int] = 4096
+    # Whether extraction runs in threads instead of worker processes: for a
+    # backend whose per-image time is almost all decoding and OpenCV calls,
+    # which release the GIL, so threads scale without a process pool's start-up.
+    extract_in_threads: ClassVar[bool] = False
     # Where a backend that trains a model on the folder keeps it (None: the
     # user cache folder's models/); the API points it at --cache-dir.
     model_dir = None

@@ -55,6 +55,14 @@ def dct_bits(thumb: np.ndarray, hash_size: int) -> np.ndarray:
     return (low > np.median(low)).ravel()
 
 
+def dct_matrix(n: int) -> np.ndarray:
+    """The orthonormal DCT-II basis (rows), the transform cv2.dct applies."""
+    k = np.arange(n)[:, None]
+    basis = np.cos(np.pi * (2 * np.arange(n)[None, :] + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
+    basis[0] /= np.sqrt(2.0)
+    return basis
+
+
 def difference_bits(thumb: np.ndarray, hash_size: int) -> np.ndarray:
     """dHash: is each pixel brighter than its left neighbour."""
     small = cv2.resize(thumb, (hash_size + 1, hash_size), interpolation=cv2.INTER_AREA).astype(np.int16)
@@ -102,6 +110,7 @@ class PHash(Method):
                "phash: score the best of the 8 rotations/mirror images (rotated or mirrored copies match)"),
     )
     cache_scores = False  # a popcount is cheaper than a cache lookup
+    extract_in_threads = True  # a JPEG decode and one resize per image, both in OpenCV
     decode_side = 128
     # 2: features may hold 8 hashes (rotations) and other hash kinds
     # 3: the thumbnail is resized straight from the decoder's reduced image
@@ -141,6 +150,23 @@ class PHash(Method):
         if not self.params["rotations"]:
             return pack_words(bits_of(thumb, size))
         return np.stack([pack_words(bits_of(view, size)) for view in dihedral_views(thumb)])
+
+    def extract_many(self, images):
+        """The hashes of a chunk of images in a few array operations: the
+        per-image numpy calls cost more than the arithmetic (the decoder
+        runs in threads, and this Python work holds the lock they share)."""
+        size = self.params["hash_size"]
+        if self.params["hash"] != "phash" or self.params["rotations"] or not len(images):
+            return super().extract_many(images)
+        side = 4 * size
+        thumbs = np.stack([square_thumbnail(image, side) for image in images]).astype(np.float64)
+        basis = dct_matrix(side)[:size]
+        low = (basis @ thumbs @ basis.T).reshape(len(images), -1)
+        bits = low > np.median(low, axis=1, keepdims=True)
+        padded = np.zeros((len(images), -(-bits.shape[1] // 64) * 64), dtype=bool)
+        padded[:, : bits.shape[1]] = bits
+        words = np.packbits(padded, axis=1).view(">u8").astype(np.uint64)
+        return list(words)
 
     def stack(self, features):
         if len(features):
