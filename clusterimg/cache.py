@@ -267,6 +267,10 @@ class Cache:
             (self.mkey,),
         ).fetchall()
         self.db.execute("DELETE FROM wanted")
+        # The temp-table writes opened a transaction, and the SELECT made it
+        # hold a snapshot of the file: end it, or this run's next write fails
+        # at once ("database is locked") when another run wrote meanwhile.
+        self.db.commit()
         return {(a, b): s for a, b, s in rows}
 
     def put_scores(self, a: Iterable[int], b: Iterable[int], s: Iterable[float]) -> None:

@@ -190,3 +190,23 @@ def test_cache_dir_option_and_summary(photo_folder, tmp_path):
     assert (where / "cache.sqlite").is_file()
     second = CliRunner().invoke(main, args + ["--out", str(tmp_path / "b"), "-t", "0.6"])
     assert "Cache: features of 11 images reused, 0 computed" in second.output
+
+
+def test_two_runs_sharing_the_cache_both_write_after_reading_scores(tmp_path):
+    # A run reads stored scores, another run stores something, then the first
+    # stores its new scores: it must wait its turn, not fail with
+    # "database is locked" (it used to keep a stale snapshot open).
+    method = get_method("orb")
+    first, second = Cache(tmp_path / "shared", method), Cache(tmp_path / "shared", method)
+    try:
+        first.put_scores([1], [2], [0.5])
+        first.commit()
+        assert first.get_scores([1, 2]) == {(1, 2): 0.5}
+        second.put_scores([3], [4], [0.25])
+        second.commit()
+        first.put_scores([5], [6], [0.75])
+        first.commit()
+        assert second.get_scores([1, 2, 3, 4, 5, 6]) == {(1, 2): 0.5, (3, 4): 0.25, (5, 6): 0.75}
+    finally:
+        first.close()
+        second.close()
