@@ -74,9 +74,13 @@ def _int64_digest(text: str | bytes) -> int:
 
 def method_key(method: Method) -> str:
     """Everything a backend's features and scores depend on, as one string."""
+    # Every param (a backend may add its model's digest), less the options
+    # that change neither features nor scores.
+    unkeyed = {o.name for o in method.options if not o.changes_features}
     return json.dumps(
         {"method": method.name, "feature_version": method.feature_version,
-         "params": {k: method.params[k] for k in sorted(method.params)}, "clusterimg": __version__},
+         "params": {k: method.params[k] for k in sorted(method.params) if k not in unkeyed},
+         "clusterimg": __version__},
         sort_keys=True, default=str,
     )
 

@@ -23,6 +23,10 @@ class Option:
     default: Any
     help: str
     choices: tuple[str, ...] | None = None  # the allowed values of a str option
+    # Whether the value changes features or pair scores (and so belongs in
+    # the cache key); False for how many pairs are compared or how many
+    # images go through a model at once, so changing those reuses the cache.
+    changes_features: bool = True
 
     @property
     def flag(self) -> str:

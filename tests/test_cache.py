@@ -215,3 +215,14 @@ def test_two_runs_sharing_the_cache_both_write_after_reading_scores(tmp_path):
     finally:
         first.close()
         second.close()
+
+
+def test_options_that_change_no_feature_keep_the_cache_key():
+    from clusterimg.cache import method_key
+
+    def key(name, **options):
+        return method_key(get_method(name, **options))
+
+    assert key("orb", candidates=10) == key("orb", candidates=40)
+    assert key("orb", orb_features=300) != key("orb", orb_features=500)
+    assert key("cnn", batch=4) == key("cnn", batch=16)

@@ -24,7 +24,8 @@ Feature = Union[np.ndarray, dict]
 def candidates_option(default: int) -> Option:
     """The shared ``--candidates`` option of backends with a nearest-neighbour search."""
     return Option("candidates", int, default,
-                  "nearest images per image that get the full comparison (--exhaustive: all pairs)")
+                  "nearest images per image that get the full comparison (--exhaustive: all pairs)",
+                  changes_features=False)
 
 
 class Method(Configurable):

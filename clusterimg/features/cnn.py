@@ -55,7 +55,8 @@ class CNN(VectorMethod):
                                   "fractions when all are <= 1 (unset: the model's metadata, else ImageNet's)"),
         Option("std", str, None, "cnn: divisor for --model, like --mean (unset: the model's metadata, else ImageNet's)"),
         Option("output_name", str, None, "cnn: which output of the --model is the embedding (unset: the first)"),
-        Option("batch", int, 8, "cnn: images per model call (more: more memory, no faster on one thread)"),
+        Option("batch", int, 8, "cnn: images per model call (more: more memory, no faster on one thread)",
+               changes_features=False),
     )
 
     def __init__(self, **values):
