@@ -41,22 +41,53 @@ def extension(path: str | os.PathLike) -> str:
     return os.path.splitext(name)[1].lower()
 
 
+# ISO base media "ftyp" brands (bytes 8-12 of the file): still-image HEIF and AVIF.
+HEIF_BRANDS = frozenset([b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"])
+AVIF_BRANDS = frozenset([b"avif", b"avis"])
+
+
+def sniffed_extension(source) -> str:
+    """For a file object without a name (an upload): ".heic" or ".avif" when
+    its first bytes say so, so the plug-in is registered as for a file; else ""."""
+    if not hasattr(source, "read") or not hasattr(source, "seek"):
+        return ""
+    try:
+        at = source.tell()
+        head = source.read(12)
+        source.seek(at)
+    except (OSError, ValueError):
+        return ""
+    if len(head) < 12 or head[4:8] != b"ftyp":
+        return ""
+    # mif1 files name their real kind among the compatible brands; "avif"
+    # first wins, as AVIF files also carry mif1.
+    if head[8:12] in AVIF_BRANDS:
+        return ".avif"
+    return ".heic" if head[8:12] in HEIF_BRANDS else ""
+
+
 def open_special(path: str | os.PathLike, max_side: int | None = None, max_pixels: int | None = None
                  ) -> Image.Image | None:
     """A decoded, upright image for RAW files; an opened HEIF file set to
     decode its thumbnail where that is enough; None for every other file
     (after registering the HEIF or AVIF opener when the file needs one).
     Raises ImageReadError with a one-line reason."""
-    ext = extension(path)
-    if ext in HEIF_EXTENSIONS:
-        _require(_register_heif())
-        if max_side:
-            return _open_heif_thumbnail(path, max_side)
-    elif ext in AVIF_EXTENSIONS:
-        _require(_register_avif())
-    elif ext in RAW_EXTENSIONS:
+    ext = extension(path) or sniffed_extension(path)
+    register_opener(ext)
+    if ext in HEIF_EXTENSIONS and max_side:
+        return _open_heif_thumbnail(path, max_side)
+    if ext in RAW_EXTENSIONS:
         return decode_raw(path, max_side, max_pixels)
     return None
+
+
+def register_opener(ext: str) -> None:
+    """Make Pillow able to open a file of extension ``ext`` (HEIF, AVIF);
+    ImageReadError naming the package to install when it cannot."""
+    if ext in HEIF_EXTENSIONS:
+        _require(_register_heif())
+    elif ext in AVIF_EXTENSIONS:
+        _require(_register_avif())
 
 
 def _require(reason: str) -> None:

@@ -24,7 +24,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from clusterimg.errors import ImageReadError
 from clusterimg.formats import EXTENSIONS as _PHONE_AND_CAMERA_EXTENSIONS
-from clusterimg.formats import extension, open_special
+from clusterimg.formats import extension, open_special, register_opener, sniffed_extension
 
 IMAGE_EXTENSIONS = frozenset(
     ".jpg .jpeg .jpe .jfif .png .gif .bmp .dib .tif .tiff .webp .ppm .pgm .pbm .pnm .tga .ico".split()
@@ -304,6 +304,7 @@ def image_bytes(data: bytes, max_pixels: int = MAX_PIXELS) -> io.BytesIO:
     (or a backend's ``decode``), which decodes it like a file."""
     if not data:
         raise ImageReadError("empty file")
+    register_opener(sniffed_extension(io.BytesIO(data[:12])))  # an uploaded HEIC or AVIF has no file name
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

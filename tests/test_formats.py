@@ -303,6 +303,20 @@ def test_missing_rawpy_names_the_package(tmp_path, monkeypatch):
         load_image(path)
 
 
+def test_an_uploaded_heic_without_a_file_name_is_decoded(tmp_path):
+    # The HTTP API gets bytes, not a file name: the HEIF opener must be
+    # registered from the file's own header. A fresh process, so no earlier
+    # test has registered it already.
+    path = write_heic(tmp_path / "upload.heic", make_photo(7, (240, 160)))
+    code = ("import sys; from clusterimg.images import image_bytes, load_image; "
+            "data = open(sys.argv[1], 'rb').read(); "
+            "print(load_image(image_bytes(data), max_side=120, gray=True).shape)")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "(80, 120)"
+
+
 # -- start-up --------------------------------------------------------------------------
 
 
