@@ -12,7 +12,10 @@ dedupe, then retires the journal.
 Which image a cluster keeps (``keep``):
 
 - ``best`` (default): most pixels, then the largest file, then the oldest
-  modification time, then the first path;
+  modification time, then the first path; a bordered copy (its picture,
+  inside a flat frame, letterbox bars or a margin, has the size and shape
+  of another member's whole frame) counts only its picture's pixels and
+  loses the tie with that member;
 - ``largest``: the largest file (bytes), then most pixels, then the first path;
 - ``oldest`` / ``newest``: by modification time, then the first path;
 - ``representative``: the manifest's representative;
@@ -36,6 +39,8 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
+import numpy as np
+
 from clusterimg.errors import ClusterimgError
 from clusterimg.output import MANIFEST, unique_name, write_json_atomic, transfer_file
 from clusterimg.progress import no_bar
@@ -55,6 +60,8 @@ class Facts:
     size: int
     mtime_ns: int
     pixels: int
+    aspect: float = 0.0  # width / height, upright (0: unknown)
+    picture: tuple[float, float] = (1.0, 1.0)  # shares of width and height inside flat borders (picture_box)
 
 
 @dataclass
@@ -154,14 +161,82 @@ def pixel_count(path: Path) -> int:
         return 0
 
 
+# Grey levels a border's pixels may stray from its colour (JPEG ringing, noise).
+BORDER_TOLERANCE = 12
+# How closely a bordered copy's picture matches another member's frame: area and shape.
+SAME_AREA = 0.03
+SAME_ASPECT = 0.02
+
+
+def _flat_run(lines: np.ndarray) -> int:
+    """How many lines, from the first, are flat and of the first line's colour."""
+    deviation = np.abs(lines - np.median(lines[0]))
+    flat = np.percentile(deviation, 95, axis=1) <= BORDER_TOLERANCE
+    return len(flat) if flat.all() else int(np.argmin(flat))
+
+
+def picture_box(gray: np.ndarray) -> tuple[float, float]:
+    """The shares of a gray image's width and height inside flat borders
+    (a frame, letterbox bars, a margin; or a plain background reaching the
+    edge, which :func:`bordered_copies` tells apart): (1, 1) for none, or
+    when the whole image is flat."""
+    h, w = gray.shape[:2]
+    if h < 8 or w < 8:
+        return 1.0, 1.0
+    g = gray.astype(np.int16)
+    top, bottom = _flat_run(g), _flat_run(g[::-1])
+    left, right = _flat_run(g.T), _flat_run(g.T[::-1])
+    if top + bottom >= h or left + right >= w:
+        return 1.0, 1.0
+    return (w - left - right) / w, (h - top - bottom) / h
+
+
+def picture_facts(path: Path) -> tuple[float, tuple[float, float]]:
+    """(upright aspect, picture_box) of the file, on a 512 px gray thumbnail
+    ((0, (1, 1)) if it cannot be read)."""
+    from clusterimg.images import load_image
+
+    try:
+        gray = load_image(path, max_side=512, gray=True)
+    except Exception:
+        return 0.0, (1.0, 1.0)
+    return gray.shape[1] / gray.shape[0], picture_box(gray)
+
+
+def bordered_copies(facts: list[Facts]) -> dict[str, Facts]:
+    """{path: the member it is a bordered copy of}: members whose picture
+    inside their flat borders has the area and the shape of another
+    member's whole frame (a photo with a plain background reaching its edge
+    has no such twin, so it keeps its full size)."""
+    found = {}
+    for f in facts:
+        fw, fh = f.picture
+        if (fw > 0.99 and fh > 0.99) or not f.aspect:
+            continue
+        area, aspect = f.pixels * fw * fh, f.aspect * fw / fh
+        for g in facts:
+            if g is not f and g.aspect \
+                    and abs(area - g.pixels) <= SAME_AREA * g.pixels and abs(aspect - g.aspect) <= SAME_ASPECT * g.aspect:
+                found[f.path] = g
+                break
+    return found
+
+
 def choose(facts: list[Facts], rule: str, representative: str | None = None) -> str:
     """The manifest path of the member kept by ``rule``."""
     if rule == "representative":
         if representative is None or representative not in {f.path for f in facts}:
             raise ValueError("cluster has no representative among its members")
         return representative
+    if rule == "best":
+        bordered = bordered_copies(facts)
+
+        def rank(f: Facts) -> tuple:
+            pixels = min(f.pixels, bordered[f.path].pixels) if f.path in bordered else f.pixels
+            return -pixels, f.path in bordered, -f.size, f.mtime_ns, f.path
+
+        return min(facts, key=rank).path
     keys: dict[str, Callable[[Facts], tuple]] = {
-        "best": lambda f: (-f.pixels, -f.size, f.mtime_ns, f.path),
         "largest": lambda f: (-f.size, -f.pixels, f.path),
         "oldest": lambda f: (f.mtime_ns, f.path),
         "newest": lambda f: (-f.mtime_ns, f.path),
@@ -294,7 +369,8 @@ def plan_dedupe(manifest: dict[str, Any], out_dir: Path, keep: str = "best", dec
                 raise ClusterimgError(f"{file} changed since the run (size or modification time); nothing was moved",
                                       exit_code=2)
             facts.append((Facts(m["path"], str(file.resolve()), st.st_size, st.st_mtime_ns,
-                                pixel_count(file) if keep in ("best", "largest") and remove is None else 0), rel))
+                                pixel_count(file) if keep in ("best", "largest") and remove is None else 0,
+                                *(picture_facts(file) if keep == "best" and remove is None else ())), rel))
         # files of a --reference folder are never moved; they are the ones kept
         references = {m["path"] for m in members if m.get("reference")}
         if remove is not None:

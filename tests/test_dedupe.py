@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+import numpy as np
 from PIL import Image
 
 from clusterimg import dedupe as dd
@@ -396,3 +397,42 @@ def test_input_folder_found_from_a_relative_input(tmp_path, monkeypatch):
     monkeypatch.chdir("/")
     assert dd.input_root(manifest, out) == root.resolve()
     assert Image.open(dd.input_file(manifest, out, "s0/copy0.jpg")).size == (160, 120)
+
+
+def test_picture_box_sees_flat_borders_and_nothing_in_a_photo():
+    photo = np.asarray(make_photo(3, (300, 200)).convert("L"))
+    assert dd.picture_box(photo) == (1.0, 1.0)
+    framed = np.full((260, 360), 250, np.uint8)  # a white margin of 30 px all round
+    framed[30:230, 30:330] = photo
+    fw, fh = dd.picture_box(framed)
+    assert abs(fw - 300 / 360) < 0.01 and abs(fh - 200 / 260) < 0.01
+    letterbox = np.zeros((280, 300), np.uint8)
+    letterbox[40:240] = photo
+    assert dd.picture_box(letterbox) == (1.0, 200 / 280)
+    assert dd.picture_box(np.full((50, 50), 128, np.uint8)) == (1.0, 1.0)  # all flat: no picture to find
+
+
+def test_a_plain_background_is_no_border_but_a_frame_around_a_copy_is():
+    f = dd.Facts
+    studio = f("studio.jpg", "", 10, 1, 1200 * 900, 4 / 3, (0.8, 0.9))  # white wall up to the edges
+    turned = f("turned.jpg", "", 20, 1, 1200 * 900, 4 / 3, (1.0, 1.0))
+    framed = f("framed.jpg", "", 30, 1, 1400 * 1100, 14 / 11, (1200 / 1400, 900 / 1100))
+    assert dd.bordered_copies([studio, turned, framed]) == {"framed.jpg": studio}
+    assert dd.choose([studio, framed], "best") == "studio.jpg"
+    assert dd.choose([studio, turned], "best") == "turned.jpg"  # a pixel tie: the larger file, as before
+
+
+def test_best_keeps_the_original_over_a_bordered_copy_with_more_pixels(tmp_path):
+    root, out, manifest = make_set(tmp_path, clusters=1, per=1, outliers=0)
+    base = make_photo(0).resize((400, 300))
+    write_photo(root / "s0/original.jpg", base, quality=90)
+    framed = Image.new("RGB", (480, 380), (255, 255, 255))
+    framed.paste(base, (40, 40))
+    write_photo(root / "s0/original_border.jpg", framed, quality=90)
+    write_photo(root / "s0/original_small.jpg", base.resize((300, 225)), quality=90)
+    members = manifest["clusters"][0]["members"]
+    members += [{"path": f"s0/{n}.jpg", "output": None, "score": 0.9}
+                for n in ("original", "original_border", "original_small")]
+    plan = dd.plan_dedupe(manifest, out, keep="best")
+    assert plan.kept[0][1] == "s0/original.jpg"
+    assert dd.pixel_count(root / "s0/original_border.jpg") > dd.pixel_count(root / "s0/original.jpg")

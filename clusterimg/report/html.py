@@ -53,7 +53,8 @@ def thumb_name(path: str, size: int, mtime_ns: int) -> str:
 
 def make_thumbnail(src: str, dst: str) -> dict[str, Any]:
     """Write a <= 256 px JPEG of ``src`` to ``dst`` (atomically). Returns
-    {"w", "h": the thumbnail's size, "ow", "oh": the image's (upright)} or
+    {"w", "h": the thumbnail's size, "ow", "oh": the image's (upright), "pb":
+    the shares of its width and height inside flat borders (dedupe.picture_box)} or
     {"error": one-line reason}."""
     from PIL import Image
 
@@ -74,7 +75,12 @@ def make_thumbnail(src: str, dst: str) -> dict[str, Any]:
     im = Image.fromarray(arr)
     with atomic_file(dst, suffix=".jpg", permissions=0o644) as f:
         im.save(f, "JPEG", quality=82, optimize=True)
-    return {"w": im.width, "h": im.height, "ow": ow, "oh": oh}
+    import numpy as np
+
+    from clusterimg.dedupe import picture_box
+
+    box = picture_box(np.asarray(im.convert("L")))
+    return {"w": im.width, "h": im.height, "ow": ow, "oh": oh, "pb": [round(x, 4) for x in box]}
 
 
 def _thumb_job(job: tuple[str, str]) -> dict[str, Any]:
@@ -238,7 +244,7 @@ def build_report(out_dir: Path, manifest: dict | None = None, *, workers: int = 
         name = thumb_name(path, st.st_size, st.st_mtime_ns)
         info[path] = {"src": src, "size": st.st_size, "mtime": st.st_mtime_ns, "thumb": name}
         cached = index.get(name)
-        if cached is None or ("error" not in cached and not (thumbs / name).is_file()):
+        if cached is None or ("error" not in cached and (not (thumbs / name).is_file() or "pb" not in cached)):
             jobs.append((str(src), str(thumbs / name)))
 
     made = _make_all(jobs, workers, bars("thumbnails"))
@@ -258,23 +264,24 @@ def build_report(out_dir: Path, manifest: dict | None = None, *, workers: int = 
         thumb = f"{THUMBS}/{i['thumb']}" if ok and t else None
         reason = i.get("reason") or t.get("error")
         href = _href(i["src"], out) if i["src"] is not None else None
-        return thumb, t.get("w"), t.get("h"), t.get("ow"), t.get("oh"), i["size"], href, reason
+        return thumb, t.get("w"), t.get("h"), t.get("ow"), t.get("oh"), i["size"], href, reason, tuple(t.get("pb", (1.0, 1.0)))
 
     clusters = []
     for c in manifest.get("clusters", []):
         rows = {m["path"]: facts(m["path"]) for m in c["members"]}
-        known = [Facts(p, "", info[p]["size"] or 0, info[p]["mtime"] or 0, (r[3] or 0) * (r[4] or 0))
+        known = [Facts(p, "", info[p]["size"] or 0, info[p]["mtime"] or 0, (r[3] or 0) * (r[4] or 0),
+                       (r[3] or 0) / (r[4] or 1), r[8])
                  for p, r in rows.items()]
         kept = choose(known, "best") if known else None
         members = []
         for m in sorted(c["members"], key=lambda m: (m["path"] != c.get("representative"), m["path"])):
-            thumb, w, h, ow, oh, size, href, reason = rows[m["path"]]
+            thumb, w, h, ow, oh, size, href, reason, _ = rows[m["path"]]
             members.append([m["path"], m.get("score"), thumb, w, h, ow, oh, size, href,
                             m["path"] == kept, m["path"] == c.get("representative"), reason])
         clusters.append({"id": c["id"], "m": members})
     outliers = []
     for o in manifest.get("outliers", []):
-        thumb, w, h, ow, oh, size, href, reason = facts(o["path"])
+        thumb, w, h, ow, oh, size, href, reason, _ = facts(o["path"])
         outliers.append([o["path"], thumb, w, h, ow, oh, size, href, reason])
     skipped = [[s.get("path"), s.get("reason")] for s in manifest.get("skipped", [])]
     data = {"created": manifest.get("created"), "input": _fmt(manifest.get("input")), "pageSize": PAGE_SIZE,
