@@ -20,7 +20,8 @@ Assignment rules (chosen from how the model was fitted):
   members' cosine distances to the centroid, times ``radius_slack``.
 - ``dbscan`` (vector backends clustered with DBSCAN): the cluster of the
   nearest core point, accepted within ``eps`` (cosine distance), which is
-  DBSCAN's own rule for border points.
+  DBSCAN's own rule for border points; distances are measured after the
+  PCA projection DBSCAN clustered in (kept in the model file).
 
 For the vector rules an image whose vector matches a training image's
 (cosine similarity >= 1 - 1e-6) gets that image's cluster (-1 for a
@@ -39,7 +40,8 @@ exactly two members, no pickle and no code:
 - ``features.npz`` (``allow_pickle=False``): vector backends: ``vectors``
   (n, d) float32 of all members then outliers, in the order of the
   clusters' ``members`` lists, ``centroids`` (clusters, d), ``core`` (n,
-  bool); pair backends: ``f{n}``, one member's feature as the bytes of its
+  bool), ``pca_mean`` (d,) and ``pca_components`` (p, d) for dbscan's
+  projection; pair backends: ``f{n}``, one member's feature as the bytes of its
   own npz (the cache's encoding: an array, or a dict of arrays).
 """
 from __future__ import annotations
@@ -158,7 +160,7 @@ class ClusterModel:
                 ready["radius"] = np.array([c.radius for c in self.clusters], dtype=np.float64)
             elif self.rule["name"] == "dbscan":
                 core = np.asarray(self.rule.get("core_mask", []), dtype=bool)
-                ready["core"] = ready["known"][: len(paths)][core]
+                ready["core"] = _in_rule_space(ready["known"][: len(paths)][core], self.rule)
                 ready["core_owner"] = owner[core]
         else:
             ready["members"] = [self.features[p] for p in paths]
@@ -204,7 +206,7 @@ class ClusterModel:
         if self.rule["name"] == "centroid":
             sims = ready["centroids"] @ x.T if len(ready["centroids"]) else np.zeros((0, len(x)))
         else:
-            sims = ready["core"] @ x.T if len(ready["core"]) else np.zeros((0, len(x)))
+            sims = ready["core"] @ _in_rule_space(x, self.rule).T if len(ready["core"]) else np.zeros((0, len(x)))
         for k in range(len(x)):
             if len(known):
                 nearest = int(np.argmax(same_sim[:, k]))
@@ -329,7 +331,7 @@ class ClusterModel:
     # -- saving and loading ----------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
-        rule = {k: v for k, v in self.rule.items() if k != "core_mask"}
+        rule = {k: v for k, v in self.rule.items() if k not in ("core_mask", "projection")}
         return {
             "format": FORMAT, "format_version": FORMAT_VERSION, "clusterimg": self.version,
             "method": self.method_name, "params": self.params, "feature_version": self.feature_version,
@@ -352,6 +354,8 @@ class ClusterModel:
                 arrays["centroids"] = np.asarray(ready["centroids"], np.float32)
             if self.rule["name"] == "dbscan":
                 arrays["core"] = np.asarray(self.rule["core_mask"], dtype=bool)
+                if self.rule.get("projection") is not None:
+                    arrays["pca_mean"], arrays["pca_components"] = self.rule["projection"]
             return arrays
         arrays = {}
         for n, p in enumerate(paths):
@@ -388,6 +392,14 @@ def _entry(name: str) -> zipfile.ZipInfo:
 
 
 # -- building a model ---------------------------------------------------------------
+
+
+def _in_rule_space(x: np.ndarray, rule: dict) -> np.ndarray:
+    """Normalised vectors in the space the rule compares them in (the
+    dbscan rule's PCA projection, if any)."""
+    from clusterimg.clustering.vector import project
+
+    return _normalise(project(_normalise(x), rule.get("projection")))
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -454,16 +466,24 @@ def from_result(result, *, radius_quantile: float = DEFAULT_RADIUS_QUANTILE,
         threshold = None
         vec = {p: v for p, v in zip(keep, _normalise(backend.vectors(list(keep.values()))))}
         if model_name == "dbscan":
+            from clusterimg.clustering.models import SEED
+            from clusterimg.clustering.vector import fit_projection
+
             eps = result.clustering.get("eps")
             if eps is None:
                 raise ClusterimgError("the dbscan clustering did not record its eps", exit_code=2)
             min_samples = int(result.clustering.get("min_samples") or 5)
             every = np.stack([vec[p] for p in keep]) if keep else np.zeros((0, 1))
+            # DBSCAN measured eps between PCA-reduced vectors (--pca): core
+            # points and new images are compared in that same space.
+            projection = fit_projection(every, result.clustering.get("pca"), SEED)
+            rule = {"name": "dbscan", "eps": float(eps), "min_samples": min_samples, "projection": projection}
+            space = dict(zip(keep, _in_rule_space(every, rule)))
+            every = np.stack(list(space.values())) if keep else every
             members = [p for c in clusters for p in c.members]
-            x = np.stack([vec[p] for p in members]) if members else np.zeros((0, every.shape[1]))
+            x = np.stack([space[p] for p in members]) if members else np.zeros((0, every.shape[1]))
             near = ((1.0 - x @ every.T) <= float(eps) + 1e-9).sum(axis=1)  # self included, as sklearn counts
-            rule = {"name": "dbscan", "eps": float(eps), "min_samples": min_samples,
-                    "core_mask": (near >= min_samples).tolist()}
+            rule["core_mask"] = (near >= min_samples).tolist()
         else:
             rule = {"name": "centroid", "radius_quantile": radius_quantile, "radius_slack": radius_slack}
             for c in clusters:
@@ -545,6 +565,10 @@ def load(path: str | os.PathLike) -> ClusterModel:
                     rule["core_mask"] = z["core"].astype(bool).tolist()
                     if len(rule["core_mask"]) != len(members):
                         raise ValueError("core count")
+                    # models saved before the projection was kept compare full vectors
+                    rule["projection"] = (z["pca_mean"], z["pca_components"]) if "pca_mean" in z else None
+                    if rule["projection"] is not None and rule["projection"][1].shape[1:] != vectors.shape[1:]:
+                        raise ValueError("projection")
                 elif rule["name"] == "centroid":
                     if any(c.radius is None for c in clusters):
                         raise ValueError("radius")

@@ -232,3 +232,27 @@ def test_assignment_does_not_depend_on_the_worker_count(phash_model):
     one = [a.to_dict() for a in phash_model.assign(files, workers=1)]
     assert [a.to_dict() for a in phash_model.assign(files, workers=2)] == one
     assert [a.to_dict() for a in phash_model.assign(files[::-1], workers=2)] == one[::-1]
+
+
+def test_dbscan_assigns_in_the_pca_space_it_clustered_in(tiny, tmp_path):
+    # Two groups that differ in 2 of 10 dimensions; DBSCAN ran on PCA-2
+    # vectors, so a new image off in the dropped dimensions still belongs
+    # (compared in 10-D, as models did before, it was refused).
+    rng = np.random.default_rng(1)
+    a, b = np.zeros(10), np.zeros(10)
+    a[0], b[1] = 1.0, 1.0
+    feats = {f"a{k}": (a + rng.normal(0, 0.02, 10)).astype(np.float32) for k in range(8)}
+    feats.update({f"b{k}": (b + rng.normal(0, 0.02, 10)).astype(np.float32) for k in range(8)})
+    clusters = [Cluster(sorted(p for p in feats if p[0] == g), f"{g}0", {}) for g in "ab"]
+    result = Result(clusters, [], [], len(feats), method="tinyvec", params={},
+                    clustering={"model": "dbscan", "eps": 0.05, "min_samples": 3, "pca": 2}, features=feats)
+    model = from_result(result)
+    assert model.rule["projection"] is not None and model.rule["projection"][1].shape == (2, 10)
+    off_axis = a.copy()
+    off_axis[2:] = 0.15  # far from every member in 10-D (cosine distance 0.13 > eps), near group a in PCA-2
+    assert 1 - (off_axis / np.linalg.norm(off_axis)) @ a > 0.05
+    got = model.assign_features([off_axis.astype(np.float32), b.astype(np.float32)])
+    assert [cid for cid, _ in got] == [0, 1]
+    loaded = load(model.save(tmp_path / "d.cim"))
+    assert loaded.assign_features([off_axis.astype(np.float32)]) == got[:1]
+    assert np.array_equal(loaded.rule["projection"][1], model.rule["projection"][1])

@@ -53,6 +53,33 @@ def reduce(X: np.ndarray, pca: int | None = DEFAULT_PCA, seed: int = 0) -> np.nd
         return PCA(n_components=components, svd_solver=solver, random_state=seed).fit_transform(X)
 
 
+def fit_projection(X: np.ndarray, pca: int | None = DEFAULT_PCA, seed: int = 0
+                   ) -> tuple[np.ndarray, np.ndarray] | None:
+    """The PCA :func:`reduce` applies to ``X``, as (mean, components), to
+    place new rows in the same space with :func:`project`; None when
+    :func:`reduce` leaves ``X`` as it is."""
+    X = np.asarray(X, dtype=np.float64)
+    n, d = X.shape if X.ndim == 2 else (len(X), 0)
+    if not pca or d <= pca or n < 3:
+        return None
+    from sklearn.decomposition import PCA
+
+    components = min(pca, n - 1, d)
+    solver = "randomized" if min(n, d) > 4 * components and n * d > 500_000 else "full"
+    with single_thread():
+        fitted = PCA(n_components=components, svd_solver=solver, random_state=seed).fit(X)
+    return fitted.mean_, fitted.components_
+
+
+def project(X: np.ndarray, projection: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+    """Rows of ``X`` in the space of a :func:`fit_projection` (unchanged for None)."""
+    X = np.asarray(X, dtype=np.float64)
+    if projection is None:
+        return X
+    mean, components = projection
+    return (X - mean) @ components.T
+
+
 def prepare(X: np.ndarray, pca: int | None = DEFAULT_PCA, seed: int = 0) -> np.ndarray:
     """What the models cluster: rows L2-normalised, PCA-reduced, normalised again."""
     return l2_normalize(reduce(l2_normalize(X), pca, seed))
