@@ -34,14 +34,13 @@ def l2_normalize(X: np.ndarray) -> np.ndarray:
     return X / np.maximum(norms, 1e-12)
 
 
-def reduce(X: np.ndarray, pca: int | None = DEFAULT_PCA, seed: int = 0) -> np.ndarray:
-    """PCA of the rows to ``pca`` dimensions (float64). Returned unchanged
-    (as float64) when ``pca`` is None or 0 or the data has no more dimensions
-    than that; fewer components when there are fewer rows than ``pca``."""
-    X = np.asarray(X, dtype=np.float64)
+def _pca_for(X: np.ndarray, pca: int | None, seed: int):
+    """The sklearn PCA that reduces ``X`` to ``pca`` dimensions, or None when
+    ``X`` stays as it is (no ``pca``, no more dimensions than that, or under
+    3 rows); fewer components when there are fewer rows than ``pca``."""
     n, d = X.shape if X.ndim == 2 else (len(X), 0)
     if not pca or d <= pca or n < 3:
-        return X
+        return None
     from sklearn.decomposition import PCA
 
     components = min(pca, n - 1, d)
@@ -49,26 +48,33 @@ def reduce(X: np.ndarray, pca: int | None = DEFAULT_PCA, seed: int = 0) -> np.nd
     # iterations, deterministic for a seed, and 10x faster at 2,000 x 1,280)
     # once both sides are well above the components kept.
     solver = "randomized" if min(n, d) > 4 * components and n * d > 500_000 else "full"
+    return PCA(n_components=components, svd_solver=solver, random_state=seed)
+
+
+def reduce(X: np.ndarray, pca: int | None = DEFAULT_PCA, seed: int = 0) -> np.ndarray:
+    """PCA of the rows to ``pca`` dimensions (float64), as :func:`_pca_for`
+    says; the rows unchanged (as float64) where it gives none."""
+    X = np.asarray(X, dtype=np.float64)
+    model = _pca_for(X, pca, seed)
+    if model is None:
+        return X
     with single_thread():
-        return PCA(n_components=components, svd_solver=solver, random_state=seed).fit_transform(X)
+        return model.fit_transform(X)
 
 
 def fit_projection(X: np.ndarray, pca: int | None = DEFAULT_PCA, seed: int = 0
                    ) -> tuple[np.ndarray, np.ndarray] | None:
-    """The PCA :func:`reduce` applies to ``X``, as (mean, components), to
-    place new rows in the same space with :func:`project`; None when
-    :func:`reduce` leaves ``X`` as it is."""
+    """The PCA :func:`reduce` fits to ``X``, as (mean, components), to place
+    new rows in the same space with :func:`project` (for the randomised
+    solver, ``project`` of ``X`` itself is close to, not equal to, what
+    ``reduce`` returns); None when :func:`reduce` leaves ``X`` as it is."""
     X = np.asarray(X, dtype=np.float64)
-    n, d = X.shape if X.ndim == 2 else (len(X), 0)
-    if not pca or d <= pca or n < 3:
+    model = _pca_for(X, pca, seed)
+    if model is None:
         return None
-    from sklearn.decomposition import PCA
-
-    components = min(pca, n - 1, d)
-    solver = "randomized" if min(n, d) > 4 * components and n * d > 500_000 else "full"
     with single_thread():
-        fitted = PCA(n_components=components, svd_solver=solver, random_state=seed).fit(X)
-    return fitted.mean_, fitted.components_
+        model.fit(X)
+    return model.mean_, model.components_
 
 
 def project(X: np.ndarray, projection: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
