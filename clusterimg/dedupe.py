@@ -32,7 +32,6 @@ move (or a resumed move) is about to happen stops the run before it is touched.
 from __future__ import annotations
 
 import filecmp
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -41,7 +40,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from clusterimg.errors import ClusterimgError
+from clusterimg.errors import ClusterimgError, read_json_file
 from clusterimg.output import MANIFEST, unique_name, write_json_atomic, transfer_file
 from clusterimg.progress import no_bar
 
@@ -114,10 +113,7 @@ def load_manifest(out_dir: Path) -> dict[str, Any]:
     path = Path(out_dir) / MANIFEST
     if not path.is_file():
         raise ClusterimgError(f"{out_dir} is not a clusterimg output folder (no {MANIFEST})", exit_code=2)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ClusterimgError(f"cannot read {path}: {e}", exit_code=2)
+    return read_json_file(path, "the manifest")
 
 
 def input_root(manifest: dict[str, Any], out_dir: Path) -> Path | None:
@@ -249,10 +245,7 @@ def choose(facts: list[Facts], rule: str, representative: str | None = None) -> 
 def load_decisions(path: Path) -> dict[str, Any]:
     """A decisions file from the report: ``{"format": "clusterimg-decisions",
     "version": 1, "manifest_created": ..., "keep": [paths], "remove": [paths]}``."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ClusterimgError(f"cannot read the decisions file {path}: {e}", exit_code=2)
+    data = read_json_file(path, "the decisions file")
     if (not isinstance(data, dict) or data.get("format") != DECISIONS_FORMAT
             or not isinstance(data.get("remove", []), list) or not isinstance(data.get("keep", []), list)):
         raise ClusterimgError(f"{path} is not a clusterimg decisions file (download it from report.html)",
@@ -407,10 +400,7 @@ def read_journal(out_dir: Path) -> dict[str, Any] | None:
     path = journal_path(out_dir)
     if not path.is_file():
         return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ClusterimgError(f"cannot read the dedupe journal {path}: {e}")
+    return read_json_file(path, "the dedupe journal")
 
 
 def _plan_from_journal(job: dict[str, Any]) -> DedupePlan:

@@ -38,7 +38,7 @@ from typing import Any, Iterable, Sequence
 
 from clusterimg import __version__
 from clusterimg.atomic import atomic_file
-from clusterimg.errors import ClusterimgError
+from clusterimg.errors import ClusterimgError, read_json_file
 from clusterimg.result import Result
 
 MANIFEST = "clusters.json"
@@ -182,13 +182,6 @@ def write_json_atomic(path: Path, data: Any) -> None:
             f.write(text)
     except OSError as e:
         raise ClusterimgError(f"cannot write {path}: {e.strerror or e}")
-
-
-def _read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ClusterimgError(f"cannot read {what} {path}: {getattr(e, 'strerror', None) or e}", exit_code=2)
 
 
 # -- where things are --------------------------------------------------------------
@@ -491,7 +484,7 @@ def _inspect(folder: OutputFolder, shown: Path, inputs: list[Path], *, overwrite
         journal = out / PENDING
         if journal.is_symlink() or not journal.is_file():
             raise ClusterimgError(f"{journal} is not a regular file; refusing to use it", exit_code=2)
-        job = validate_job(_read_json(journal, "the journal of an interrupted run"), out,
+        job = validate_job(read_json_file(journal, "the journal of an interrupted run"), out,
                            f"the journal of an interrupted run, {journal}")
     if job is not None and not overwrite:
         if inputs and sorted(str(Path(p).resolve()) for p in inputs) != sorted(job_inputs(job)):
@@ -522,7 +515,7 @@ def _inspect(folder: OutputFolder, shown: Path, inputs: list[Path], *, overwrite
     plans = [job] if job is not None else []
     manifest_path = out / MANIFEST
     if manifest_path.is_file() and not manifest_path.is_symlink():
-        plans.append(validate_job(_read_json(manifest_path, "the earlier manifest"), out,
+        plans.append(validate_job(read_json_file(manifest_path, "the earlier manifest"), out,
                                   f"the earlier manifest {manifest_path}"))
     elif job is None:
         raise ClusterimgError(
@@ -569,7 +562,7 @@ def pending_job(out: Path) -> dict[str, Any] | None:
     journal = out / PENDING
     if not journal.is_file():
         return None
-    return validate_job(_read_json(journal, "the journal of an interrupted run"), out.resolve(),
+    return validate_job(read_json_file(journal, "the journal of an interrupted run"), out.resolve(),
                         f"the journal of an interrupted run, {journal}")
 
 
