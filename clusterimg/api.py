@@ -356,7 +356,7 @@ def _cluster(roots, engine, backend, model, inputs, method, threshold, batch_siz
         timings=timings,
         counts=dict(images.counts, pairs_scored=computed, pairs_reused=reused,
                     exact_copies=len(twin_of) - len(skipped_copies)),
-        features=dict(zip(images.paths, images.features)) if keep_features else None,
+        features=with_copies(dict(zip(images.paths, images.features)), copies) if keep_features else None,
     )
 
 
@@ -431,6 +431,15 @@ def _content_digest(file: str) -> bytes | None:
     except OSError:
         return None
     return h.digest()
+
+
+def with_copies(features: dict[str, Feature], copies: dict[str, list[str]]) -> dict[str, Feature]:
+    """``features`` with each exact copy given its original's feature (a
+    copy is not read twice, but it is a member like any other)."""
+    for original, twins in copies.items():
+        if original in features:
+            features.update((twin, features[original]) for twin in twins)
+    return features
 
 
 def add_exact_copies(clusters: list[Cluster], outliers: list[str], skipped: list[Skipped],

@@ -63,6 +63,9 @@ def check_options(method: str, cluster: str | None, options: dict):
         raise click.UsageError(str(e))
 
 
+DEBUG_VAR = "CLUSTERIMG_DEBUG"
+
+
 def friendly_errors(fn):
     """Fatal errors become one line and an exit status, never a traceback."""
 
@@ -81,9 +84,18 @@ def friendly_errors(fn):
         except BrokenPipeError:  # `clusterimg ... | head`: the reader has gone, nothing to say
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(0)
-        except OSError as e:  # the last guard: one line, never a traceback
+        except OSError as e:
             name = f" {e.filename}:" if getattr(e, "filename", None) else ""
             click.echo(f"Error:{printable(name)} {e.strerror or e}", err=True)
+            sys.exit(1)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # usage errors: click prints them
+        except Exception as e:  # the last guard: a bug is one line too, never a traceback
+            if os.environ.get(DEBUG_VAR):
+                raise
+            detail = printable(str(e).splitlines()[0]) if str(e) else ""
+            click.echo(f"Error: internal error ({type(e).__name__}{': ' + detail if detail else ''}); please "
+                       f"report it (set {DEBUG_VAR}=1 to see where it happened)", err=True)
             sys.exit(1)
 
     return wrapper
@@ -133,6 +145,20 @@ def work_options(command):
     ]):
         command = option(command)
     return command
+
+
+scheduler_option = click.option(
+    "--scheduler", default=None, metavar="ADDRESS",
+    help="Read and compare the images on a Dask cluster: its scheduler's address (tcp://host:8786), "
+         "or local:N for N local worker processes (needs `pip install 'clusterimg[dask]'`).")
+
+
+def check_scheduler_option(scheduler: str | None) -> None:
+    """Dask installed and the address well formed, before any work."""
+    if scheduler is not None:
+        from clusterimg.engine.dask_run import check_scheduler
+
+        check_scheduler(scheduler)
 
 
 method_option = click.option(
@@ -201,9 +227,7 @@ def main():
 @click.option("--report", "with_report", is_flag=True,
               help="Also write OUT/report.html (see `clusterimg report`).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars and no summary.")
-@click.option("--scheduler", default=None, metavar="ADDRESS",
-              help="Read and compare the images on a Dask cluster: its scheduler's address (tcp://host:8786), "
-                   "or local:N for N local worker processes (needs `pip install 'clusterimg[dask]'`).")
+@scheduler_option
 @cache_options
 @model_options
 @friendly_errors
@@ -217,10 +241,7 @@ def run(folders, method, cluster, threshold, out, transfer, overwrite, resume, e
     folders (at another threshold, or after Ctrl-C) reuses them.
     """
     backend, model = check_options(method, cluster, options)
-    if scheduler is not None:  # Dask installed and the address well formed, before any work
-        from clusterimg.engine.dask_run import check_scheduler
-
-        check_scheduler(scheduler)
+    check_scheduler_option(scheduler)
     out_format = out_format or ("json" if as_json else None)
     if with_plots:
         if backend.kind != "vector":
@@ -681,22 +702,25 @@ def cache_clear_command(cache_dir, yes):
 @click.option("--radius-slack", type=click.FloatRange(0.0, min_open=True), default=1.0, show_default=True,
               help="Vector models: the radius above, multiplied by this (above 1: fewer images left unassigned).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars and no summary.")
+@scheduler_option
 @cache_options
 @model_options
 @friendly_errors
 def fit_command(folder, save_path, overwrite, method, cluster, threshold, batch_size, recursive, workers, exhaustive,
-                radius_quantile, radius_slack, quiet, cache_dir, no_cache, **options):
+                radius_quantile, radius_slack, quiet, cache_dir, no_cache, scheduler=None, **options):
     """Cluster FOLDER and save the clusters as a model that assigns new images
     (`clusterimg label`, `clusterimg assign`, `clusterimg serve`)."""
     from clusterimg import model as cm
 
     check_options(method, cluster, options)
+    check_scheduler_option(scheduler)
     if save_path.exists() and not overwrite:
         raise click.UsageError(f"{save_path} exists: give another name, or --overwrite to replace it")
     api.resolve_inputs(folder)
     result = api.cluster(folder, method, threshold, cluster=cluster, batch_size=batch_size, recursive=recursive,
                          workers=workers, exhaustive=exhaustive, cache=cache_arg(cache_dir, no_cache),
-                         progress=tqdm_bars(show_progress(quiet)), keep_features=True, **options)
+                         progress=tqdm_bars(show_progress(quiet)), keep_features=True, scheduler=scheduler,
+                         **options)
     model = cm.from_result(result, radius_quantile=radius_quantile, radius_slack=radius_slack)
     model.save(save_path, overwrite=overwrite)
     if not quiet:

@@ -125,6 +125,23 @@ def test_fatal_errors_exit_2_with_one_line_and_no_traceback(args, message):
     assert "Traceback" not in result.output
 
 
+def test_a_bug_is_one_line_unless_debugging(photo_folder, tmp_path, monkeypatch):
+    from clusterimg import api
+
+    def broken(*args, **kwargs):
+        raise KeyError("bison_copy.jpg")
+
+    monkeypatch.setattr(api, "cluster", broken)
+    result = CliRunner().invoke(main, ["run", str(photo_folder), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        "Error: internal error (KeyError: 'bison_copy.jpg'); please report it "
+        "(set CLUSTERIMG_DEBUG=1 to see where it happened)"]
+    monkeypatch.setenv("CLUSTERIMG_DEBUG", "1")
+    debugging = CliRunner().invoke(main, ["run", str(photo_folder), "--out", str(tmp_path / "out2")])
+    assert isinstance(debugging.exception, KeyError)
+
+
 def test_existing_output_folder_is_refused_unless_overwrite(photo_folder, tmp_path):
     out = tmp_path / "out"
     assert invoke("run", photo_folder, "--out", out).exit_code == 0

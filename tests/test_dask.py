@@ -329,3 +329,17 @@ def test_parse_scheduler():
     assert dask_run.parse_scheduler("tcp://10.0.0.5:8786") == ("address", "tcp://10.0.0.5:8786")
     assert dask_run.parse_scheduler("scheduler:8786") == ("address", "tcp://scheduler:8786")
     assert dask_run.parse_scheduler("tls://sched.example.org:8786") == ("address", "tls://sched.example.org:8786")
+
+
+def test_fit_on_a_local_cluster_saves_the_model_of_a_local_fit(photos, tmp_path):
+    from clusterimg.model import load
+
+    paths = {}
+    for name, extra in (("here", []), ("dask", ["--scheduler", "local:1"])):
+        paths[name] = tmp_path / f"{name}.cim"
+        done = CliRunner().invoke(main, ["fit", str(photos), "--method", "orb", "--save", str(paths[name]),
+                                         "--no-cache", "-q", "-j", "1", *extra])
+        assert done.exit_code == 0, done.output
+    here, dask = load(paths["here"]), load(paths["dask"])
+    assert [c.members for c in dask.clusters] == [c.members for c in here.clusters]
+    assert any(len(c.members) > 1 for c in here.clusters)

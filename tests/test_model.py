@@ -256,3 +256,19 @@ def test_dbscan_assigns_in_the_pca_space_it_clustered_in(tiny, tmp_path):
     loaded = load(model.save(tmp_path / "d.cim"))
     assert loaded.assign_features([off_axis.astype(np.float32)]) == got[:1]
     assert np.array_equal(loaded.rule["projection"][1], model.rule["projection"][1])
+
+
+def test_fit_on_a_folder_with_an_exact_copy(tmp_path):
+    # An exact copy is not read twice, but it is a member: the model needs its feature too.
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("bison.jpg", "koala.jpg", "lemur.jpg", "lemur_crop.jpg"):
+        shutil.copy(EXAMPLES / name, folder / name)
+    shutil.copy(EXAMPLES / "bison.jpg", folder / "bison_copy.jpg")
+    path = tmp_path / "m.cim"
+    done = CliRunner().invoke(main, ["fit", str(folder), "--method", "orb", "--save", str(path), "--no-cache", "-q"])
+    assert done.exit_code == 0, done.output
+    model = load(path)
+    assert ["bison.jpg", "bison_copy.jpg"] in [c.members for c in model.clusters]
+    assert [a.cluster for a in model.assign([folder / "bison_copy.jpg"])] == \
+        [next(c.id for c in model.clusters if "bison.jpg" in c.members)]
