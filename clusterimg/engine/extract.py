@@ -10,9 +10,9 @@ import sys
 import threading
 import time
 import types
-from functools import partial
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from functools import partial
 from typing import Sequence
 
 from clusterimg.cache import Cache, file_key
