@@ -199,13 +199,17 @@ _REDUCED_FLAGS = {
 }
 JPEG_END = b"\xff\xd9"
 JPEG_EXTENSIONS = frozenset((".jpg", ".jpeg", ".jpe", ".jfif"))
+MAX_JPEG_BYTES = 256 * 1024 * 1024  # read whole into memory only below this
 
 
 def _file_bytes(path) -> io.BytesIO | str | os.PathLike:
     """The file's bytes, or the path itself when they cannot be read (the
-    decoder then gives the reason)."""
+    decoder then gives the reason) or the file is larger than any sane JPEG
+    (Pillow then reads its header from the file and refuses it if need be)."""
     try:
         with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size > MAX_JPEG_BYTES:
+                return path
             return io.BytesIO(f.read())
     except OSError:
         return path
