@@ -166,3 +166,19 @@ def test_mutual_matches_agree_with_brute_force():
     want = [(q, int(d[q].argmin())) for q in range(len(a))
             if np.sort(d[q])[0] < 0.8 * np.sort(d[q])[1] and d[:, d[q].argmin()].argmin() == q]
     assert list(zip(ia.tolist(), ib.tolist())) == want and len(want) >= 30
+
+
+def test_a_usac_error_is_no_model(monkeypatch):
+    """OpenCV 5's USAC raises (``!model.empty()``) on some degenerate matches
+    met on real photo sets; such a pair is not verified, the run goes on."""
+    wall = gray(data.coffee())
+    board = cv2.resize(gray(data.astronaut()), (220, 220), interpolation=cv2.INTER_AREA)
+    a, b = (get_method("scene").sift(get_method("scene").extract(v)) for v in two_views(wall, board, 10, 0.5))
+
+    def fail(*args, **kwargs):
+        raise cv2.error("(-215:Assertion failed) !model.empty() in function 'setModelParameters'")
+
+    monkeypatch.setattr(cv2, "findFundamentalMat", fail)
+    monkeypatch.setattr(cv2, "findHomography", fail)
+    inliers, info = scene_verify(a, b)
+    assert inliers == 0 and info["matches"] > 100

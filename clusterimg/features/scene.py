@@ -142,6 +142,16 @@ def near_translation(h: np.ndarray) -> bool:
     return bool(np.abs(h[:2, :2] - np.eye(2)).max() < TRANSLATION_TOLERANCE and np.abs(h[2, :2]).max() < 1e-4)
 
 
+def _robust(fit, *args, **kwargs):
+    """(model, mask) of an OpenCV robust fit; (None, None) where USAC gives
+    up with an error on degenerate matches (all points on a line, repeated
+    points)."""
+    try:
+        return fit(*args, **kwargs)
+    except cv2.error:
+        return None, None
+
+
 def scene_verify(a: dict, b: dict) -> tuple[int, dict]:
     """Inliers of the accepted model (homography or fundamental matrix) of a
     pair, 0 when neither passes; and diagnostics."""
@@ -155,7 +165,7 @@ def scene_verify(a: dict, b: dict) -> tuple[int, dict]:
     shape_a, shape_b = tuple(a["shape"]), tuple(b["shape"])
     best = 0
     cv2.setRNGSeed(SEED)  # USAC samples at random: the same pair must score the same every time
-    h, mask = cv2.findHomography(src, dst, cv2.USAC_MAGSAC, H_PIXELS, maxIters=2000, confidence=0.999)
+    h, mask = _robust(cv2.findHomography, src, dst, cv2.USAC_MAGSAC, H_PIXELS, maxIters=2000, confidence=0.999)
     h_inliers = 0
     if h is not None and mask is not None:
         keep = mask.ravel().astype(bool)
@@ -172,7 +182,7 @@ def scene_verify(a: dict, b: dict) -> tuple[int, dict]:
             best = k
     if n >= F_MIN_INLIERS:
         cv2.setRNGSeed(SEED)
-        f, mask = cv2.findFundamentalMat(src, dst, cv2.USAC_MAGSAC, F_PIXELS, 0.999, 2000)
+        f, mask = _robust(cv2.findFundamentalMat, src, dst, cv2.USAC_MAGSAC, F_PIXELS, 0.999, 2000)
         if f is not None and mask is not None and f.shape == (3, 3):
             keep = mask.ravel().astype(bool)
             k = int(keep.sum())
