@@ -182,3 +182,19 @@ def test_a_usac_error_is_no_model(monkeypatch):
     monkeypatch.setattr(cv2, "findHomography", fail)
     inliers, info = scene_verify(a, b)
     assert inliers == 0 and info["matches"] > 100
+
+
+def test_stage_one_sees_what_orb_sees():
+    """scene decodes a file as orb does for its first stage, so its ORB
+    keypoints are orb's and every pair orb joins at its default threshold,
+    scene joins too (same score)."""
+    from pathlib import Path
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    orb, scene = get_method("orb"), get_method("scene")
+    paths = [examples / "bentPyramid.jpg", examples / "bentPyramid_rot90.jpg", examples / "bison.jpg"]
+    of, sf = [orb.feature(p) for p in paths], [scene.feature(p) for p in paths]
+    for o, s in zip(of, sf):
+        assert np.array_equal(o["desc"], s["desc"]) and np.array_equal(o["points"], s["points"])
+    assert scene.default_threshold == orb.default_threshold
+    assert scene.pair_score(sf[0], sf[1]) == orb.pair_score(of[0], of[1]) >= orb.default_threshold

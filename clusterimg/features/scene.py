@@ -42,7 +42,8 @@ import cv2
 import numpy as np
 
 from clusterimg.features.base import Method, Option, candidates_option
-from clusterimg.features.orb import bag_of_words, match, nearest, orb_feature, plausible, thumbnail
+from clusterimg.images import load_image
+from clusterimg.features.orb import bag_of_words, match, nearest, orb_feature, plausible, spread, thumbnail
 
 ORB_FEATURES = 300  # stage 1: orb's default features and threshold
 ORB_SIDE = 384
@@ -172,7 +173,8 @@ def scene_verify(a: dict, b: dict) -> tuple[int, dict]:
         h_inliers = k = int(keep.sum())
         cov = min(coverage(src[keep], shape_a), coverage(dst[keep], shape_b))
         moved = not near_translation(h)
-        info.update(h_inliers=k, h_cov=cov, h_moved=moved, h_plausible=plausible(h, max(shape_a)))
+        info.update(h_inliers=k, h_cov=cov, h_moved=moved, h_plausible=plausible(h, max(shape_a)),
+                    h_spread=min(spread(src[keep]) / max(shape_a), spread(dst[keep]) / max(shape_b)))
         # A homography that only shifts the frame is what a fixed camera sees
         # of a static background behind different foregrounds (other poses of
         # one chessboard, frames far apart): orb settles true copies of that
@@ -187,7 +189,8 @@ def scene_verify(a: dict, b: dict) -> tuple[int, dict]:
             keep = mask.ravel().astype(bool)
             k = int(keep.sum())
             cov = min(coverage(src[keep], shape_a), coverage(dst[keep], shape_b))
-            info.update(f_inliers=k, f_cov=cov)
+            info.update(f_inliers=k, f_cov=cov,
+                        f_spread=min(spread(src[keep]) / max(shape_a), spread(dst[keep]) / max(shape_b)))
             # 3-D evidence: inliers of the epipolar geometry beyond those of
             # the dominant plane (a static background fits both models alike).
             if (k >= F_MIN_INLIERS and k >= F_MIN_RATIO * n and cov >= F_MIN_COVERAGE
@@ -242,11 +245,18 @@ class Scene(Method):
             raise ValueError("--scene-features must be between 50 and 5000")
         self.decode_side = max(self.params["scene_side"], ORB_SIDE)
 
-    def extract(self, image: np.ndarray) -> dict:
-        if image.ndim == 3:
-            image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-        gray = np.ascontiguousarray(image, dtype=np.uint8)
-        feat = orb_feature(gray, ORB_SIDE, ORB_FEATURES)
+    def decode(self, path) -> dict:
+        """The image decoded twice: as orb decodes it (so that stage 1 sees
+        orb's pixels and scores what orb scores) and at ``scene_side``."""
+        return {"orb": load_image(path, max_side=ORB_SIDE, gray=True),
+                "scene": load_image(path, max_side=self.params["scene_side"], gray=True)}
+
+    def extract(self, image) -> dict:
+        """Features of what :meth:`decode` gives, or of one image array."""
+        orb_image, scene_image = (image["orb"], image["scene"]) if isinstance(image, dict) else (image, image)
+        orb_gray, gray = (np.ascontiguousarray(cv2.cvtColor(x, cv2.COLOR_RGB2GRAY) if x.ndim == 3 else x,
+                                               dtype=np.uint8) for x in (orb_image, scene_image))
+        feat = orb_feature(orb_gray, ORB_SIDE, ORB_FEATURES)
         feat["thumb"] = encode_thumbnail(thumbnail(gray, self.params["scene_side"]) if gray.size else gray)
         return feat
 
