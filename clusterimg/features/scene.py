@@ -50,7 +50,7 @@ ORB_SIDE = 384
 ORB_THRESHOLD = 0.63
 # Stage 2 only for pairs with at least this many ORB ratio-test matches.
 GATE_MATCHES = 20
-THUMB_QUALITY = 90  # JPEG quality of the stored thumbnail SIFT is found on
+THUMB_QUALITY = 95  # JPEG quality of the stored thumbnail SIFT is found on
 SIFT_MEMORY = 1024  # RootSIFT features remembered per process (about 130 kB each)
 
 SIFT_RATIO = 0.8
