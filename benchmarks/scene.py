@@ -3,6 +3,7 @@
 
     python3 benchmarks/scene.py                                   # phash, orb, scene on ../shared/bench/real_dev
     python3 benchmarks/scene.py --bench ../shared/bench/dev --method orb --method scene
+    python3 benchmarks/scene.py --method scene --code /tmp/old   # another checkout (git archive REV | tar -x -C /tmp/old)
 
 Runs `clusterimg run --no-cache --transfer none` per method (default options),
 scores it with the benchmark's score.py, and prints one markdown row per
@@ -27,10 +28,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bench", default=str(ROOT.parent / "shared" / "bench" / "real_dev"))
     parser.add_argument("--method", action="append", help="backend (repeatable); default phash, orb, scene")
+    parser.add_argument("--code", type=Path, default=ROOT, help="the checkout to run [default: this one]")
     args = parser.parse_args()
     bench = Path(args.bench)
     scorer = bench.parent / "score.py"
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(args.code.resolve()))
     rows = []
     for method in args.method or ["phash", "orb", "scene"]:
         with tempfile.TemporaryDirectory() as tmp:

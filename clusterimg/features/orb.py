@@ -247,15 +247,21 @@ def orb_feature(gray: np.ndarray, side: int, features: int) -> dict:
 def match_score(a: dict, b: dict, side: int, features: int) -> float:
     """Similarity of two orb features (of ``features`` keypoints on a
     thumbnail of ``side``) from the inliers of their verified match."""
+    return match(a, b, side, features)[0]
+
+
+def match(a: dict, b: dict, side: int, features: int) -> tuple[float, dict]:
+    """:func:`match_score` and the diagnostics of :func:`verify` (``matches``:
+    ratio-test matches, ...; empty when an image has no keypoints)."""
     fewest = min(len(a["desc"]), len(b["desc"]))
     if fewest == 0:
-        return 0.0
+        return 0.0, {}
     # Match b as it is or mirrored, whichever shares more visual words with
     # a: one descriptor matching per pair instead of two.
     mirrored = shared_words(a["words"], b["words_m"]) > shared_words(a["words"], b["words"])
     suffix = "_m" if mirrored else ""
-    inliers, _ = verify(a["points"], a["desc"], b["points" + suffix], b["desc" + suffix], side)
-    return evidence_score(inliers, fewest, EVIDENCE_SCALE * features)
+    inliers, info = verify(a["points"], a["desc"], b["points" + suffix], b["desc" + suffix], side)
+    return evidence_score(inliers, fewest, EVIDENCE_SCALE * features), info
 
 
 def bag_of_words(features) -> "scipy.sparse.csr_matrix":

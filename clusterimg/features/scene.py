@@ -7,33 +7,51 @@ object put down in clutter) are not related by one homography, and ORB's
 binary descriptors lose track under large viewpoint or light changes. This
 backend is a cascade:
 
-1. the orb check (same features, same thresholds); a pair it accepts keeps
-   orb's score and costs nothing more;
-2. otherwise RootSIFT keypoints spread over the image (a grid-bucketed pick of
-   the strongest responses) are matched with the ratio test and mutual nearest
-   neighbours, and verified with OpenCV's USAC / MAGSAC++ twice: a homography
-   (planes, pure rotation) and a fundamental matrix (any rigid 3-D scene). The
-   fundamental matrix is weaker evidence (a point only has to lie on a line),
-   so it needs more inliers, a larger share of the matches, and inliers that
-   cover many cells of a grid over both images, not one textured patch.
+1. orb's check, with orb's default features (300 keypoints on a 384 px
+   thumbnail) and threshold: a pair it accepts keeps orb's score and costs
+   nothing more, so at the default threshold scene joins every pair orb joins;
+2. a pair orb rejects goes on only if its ORB descriptors still agree
+   (at least ``GATE_MATCHES`` ratio-test matches: two views of one scene keep
+   dozens where the similarity / homography fit fails; unrelated photos keep a
+   handful). Most candidate pairs of a photo collection are unrelated and stop
+   here, which is what keeps scene near orb's speed;
+3. the gated pair is matched with RootSIFT keypoints spread over the image (a
+   grid-bucketed pick of the strongest responses; ratio test and mutual
+   nearest neighbours by one exact integer matrix product) and verified with
+   OpenCV's USAC / MAGSAC++ twice: a homography (planes, pure rotation) and a
+   fundamental matrix (any rigid 3-D scene). The fundamental matrix is weaker
+   evidence (a point only has to lie on a line), so it needs more inliers, a
+   larger share of the matches, and inliers that cover many cells of a grid
+   over both images, not one textured patch.
 
-Candidates are orb's bag-of-words neighbours plus the neighbours by a small
-global descriptor of the image's own (a spatial layout of RootSIFT words
-pooled into a fixed random projection, and a colour-free tone layout), so that
-pairs that share few ORB words but show one scene still get verified.
+SIFT costs a tenth of a second per image, ten times ORB, so it is not
+extracted for every image: the feature keeps a JPEG of the grayscale
+``scene_side`` thumbnail (tens of kB), and the RootSIFT keypoints of an image
+are computed from it the first time a gated pair needs them (and remembered
+for the rest of the run). The result is a pure function of the stored
+features, so it does not depend on the order of pairs or the worker count.
+
+Candidates are orb's: each image's ``candidates`` nearest by the bag of ORB
+visual words.
 """
 from __future__ import annotations
+
+from collections import OrderedDict
 
 import cv2
 import numpy as np
 
-from clusterimg.engine.search import top_k_pairs
 from clusterimg.features.base import Method, Option, candidates_option
-from clusterimg.features.orb import bag_of_words, match_score, nearest, orb_feature, plausible, thumbnail
+from clusterimg.images import load_image
+from clusterimg.features.orb import bag_of_words, match, nearest, orb_feature, plausible, spread, thumbnail
 
-ORB_FEATURES = 500  # stage 1: orb as it was calibrated for this backend
-ORB_SIDE = 512
-ORB_THRESHOLD = 0.57  # orb's default: a pair above it is settled by stage 1
+ORB_FEATURES = 300  # stage 1: orb's default features and threshold
+ORB_SIDE = 384
+ORB_THRESHOLD = 0.63
+# Stage 2 only for pairs with at least this many ORB ratio-test matches.
+GATE_MATCHES = 20
+THUMB_QUALITY = 95  # JPEG quality of the stored thumbnail SIFT is found on
+SIFT_MEMORY = 1024  # RootSIFT features remembered per process (about 130 kB each)
 
 SIFT_RATIO = 0.8
 GRID = 4  # keypoints are picked per cell of a GRID x GRID grid; coverage is counted on it too
@@ -51,11 +69,8 @@ F_MIN_COVERAGE = 6  # the same for the fundamental matrix's inliers
 SEED = 16
 # A homography whose linear part is this close to the identity, with no
 # perspective, is a shift of the frame.
-TRANSLATION_TOLERANCE = 0.04  # grid cells (of GRID * GRID) holding inliers, in both images
+TRANSLATION_TOLERANCE = 0.04
 SCENE_SCALE = 60.0  # stage 2: a verified pair scores ORB_THRESHOLD + the rest * (1 - exp(-inliers / SCENE_SCALE))
-
-GLOBAL_DIM = 128
-_GLOBAL_SEED = 20261126
 
 
 def _rootsift(desc: np.ndarray) -> np.ndarray:
@@ -88,51 +103,26 @@ def sift_detect(gray: np.ndarray, features: int) -> tuple[np.ndarray, np.ndarray
     return points[pick], np.clip(np.round(root * 255), 0, 255).astype(np.uint8)
 
 
-def _projection() -> np.ndarray:
-    rng = np.random.default_rng(_GLOBAL_SEED)
-    return rng.standard_normal((128, 32)).astype(np.float32)
-
-
-PROJECTION = _projection()
-
-
-def global_descriptor(points: np.ndarray, desc: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """A small vector describing the whole image: RootSIFT descriptors pooled
-    (mean of power-normalised random projections) over the whole image and
-    over its 2 x 2 quarters, L2-normalised."""
-    out = np.zeros(GLOBAL_DIM + 32, np.float32)
-    if len(desc):
-        proj = desc.astype(np.float32) / 255 @ PROJECTION
-        proj = np.sign(proj) * np.sqrt(np.abs(proj))
-        out[:32] = proj.mean(axis=0) * 2
-        h, w = shape
-        quarter = (points[:, 1] >= h / 2).astype(int) * 2 + (points[:, 0] >= w / 2).astype(int)
-        for q in range(4):
-            sel = quarter == q
-            if sel.any():
-                out[32 * (q + 1): 32 * (q + 2)] = proj[sel].mean(axis=0)
-    norm = np.linalg.norm(out)
-    return out / norm if norm > 0 else out
-
-
 def mutual_matches(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(ia, ib): pairs passing the ratio test that are each other's nearest."""
+    """(ia, ib): pairs of uint8 descriptors passing the ratio test that are
+    each other's nearest. Squared distances come from one float32 matrix
+    product of the integer descriptors (every product and sum is an integer
+    below 2**24, so exact: the same on any machine and thread count)."""
     if len(a) < 2 or len(b) < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    matcher = cv2.BFMatcher(cv2.NORM_L2)
     fa, fb = a.astype(np.float32), b.astype(np.float32)
-    ab = matcher.knnMatch(fa, fb, k=2)
-    ba = matcher.knnMatch(fb, fa, k=1)
-    back = np.full(len(b), -1, np.int64)
-    for m in ba:
-        if m:
-            back[m[0].queryIdx] = m[0].trainIdx
-    ia, ib = [], []
-    for pair in ab:
-        if len(pair) == 2 and pair[0].distance < SIFT_RATIO * pair[1].distance and back[pair[0].trainIdx] == pair[0].queryIdx:
-            ia.append(pair[0].queryIdx)
-            ib.append(pair[0].trainIdx)
-    return np.asarray(ia, np.int64), np.asarray(ib, np.int64)
+    d2 = fa @ fb.T
+    d2 *= -2
+    d2 += (fb * fb).sum(axis=1)[None, :]
+    d2 += (fa * fa).sum(axis=1)[:, None]
+    rows = np.arange(len(a))
+    best = d2.argmin(axis=1)  # the first of equal distances: deterministic
+    back = d2.argmin(axis=0)
+    first = d2[rows, best]
+    d2[rows, best] = np.inf
+    second = d2.min(axis=1)
+    ia = np.flatnonzero((first < SIFT_RATIO ** 2 * second) & (back[best] == rows))
+    return ia.astype(np.int64), best[ia].astype(np.int64)
 
 
 def coverage(points: np.ndarray, shape) -> int:
@@ -153,6 +143,16 @@ def near_translation(h: np.ndarray) -> bool:
     return bool(np.abs(h[:2, :2] - np.eye(2)).max() < TRANSLATION_TOLERANCE and np.abs(h[2, :2]).max() < 1e-4)
 
 
+def _robust(fit, *args, **kwargs):
+    """(model, mask) of an OpenCV robust fit; (None, None) where USAC gives
+    up with an error on degenerate matches (all points on a line, repeated
+    points)."""
+    try:
+        return fit(*args, **kwargs)
+    except cv2.error:
+        return None, None
+
+
 def scene_verify(a: dict, b: dict) -> tuple[int, dict]:
     """Inliers of the accepted model (homography or fundamental matrix) of a
     pair, 0 when neither passes; and diagnostics."""
@@ -166,14 +166,15 @@ def scene_verify(a: dict, b: dict) -> tuple[int, dict]:
     shape_a, shape_b = tuple(a["shape"]), tuple(b["shape"])
     best = 0
     cv2.setRNGSeed(SEED)  # USAC samples at random: the same pair must score the same every time
-    h, mask = cv2.findHomography(src, dst, cv2.USAC_MAGSAC, H_PIXELS, maxIters=2000, confidence=0.999)
+    h, mask = _robust(cv2.findHomography, src, dst, cv2.USAC_MAGSAC, H_PIXELS, maxIters=2000, confidence=0.999)
     h_inliers = 0
     if h is not None and mask is not None:
         keep = mask.ravel().astype(bool)
         h_inliers = k = int(keep.sum())
         cov = min(coverage(src[keep], shape_a), coverage(dst[keep], shape_b))
         moved = not near_translation(h)
-        info.update(h_inliers=k, h_cov=cov, h_moved=moved, h_plausible=plausible(h, max(shape_a)))
+        info.update(h_inliers=k, h_cov=cov, h_moved=moved, h_plausible=plausible(h, max(shape_a)),
+                    h_spread=min(spread(src[keep]) / max(shape_a), spread(dst[keep]) / max(shape_b)))
         # A homography that only shifts the frame is what a fixed camera sees
         # of a static background behind different foregrounds (other poses of
         # one chessboard, frames far apart): orb settles true copies of that
@@ -183,12 +184,13 @@ def scene_verify(a: dict, b: dict) -> tuple[int, dict]:
             best = k
     if n >= F_MIN_INLIERS:
         cv2.setRNGSeed(SEED)
-        f, mask = cv2.findFundamentalMat(src, dst, cv2.USAC_MAGSAC, F_PIXELS, 0.999, 2000)
+        f, mask = _robust(cv2.findFundamentalMat, src, dst, cv2.USAC_MAGSAC, F_PIXELS, 0.999, 2000)
         if f is not None and mask is not None and f.shape == (3, 3):
             keep = mask.ravel().astype(bool)
             k = int(keep.sum())
             cov = min(coverage(src[keep], shape_a), coverage(dst[keep], shape_b))
-            info.update(f_inliers=k, f_cov=cov)
+            info.update(f_inliers=k, f_cov=cov,
+                        f_spread=min(spread(src[keep]) / max(shape_a), spread(dst[keep]) / max(shape_b)))
             # 3-D evidence: inliers of the epipolar geometry beyond those of
             # the dominant plane (a static background fits both models alike).
             if (k >= F_MIN_INLIERS and k >= F_MIN_RATIO * n and cov >= F_MIN_COVERAGE
@@ -198,72 +200,110 @@ def scene_verify(a: dict, b: dict) -> tuple[int, dict]:
     return best, info
 
 
+def encode_thumbnail(gray: np.ndarray) -> np.ndarray:
+    """A grayscale thumbnail as JPEG bytes (uint8 array; empty for an empty image)."""
+    if gray.size == 0:
+        return np.zeros(0, np.uint8)
+    ok, buf = cv2.imencode(".jpg", gray, [cv2.IMWRITE_JPEG_QUALITY, THUMB_QUALITY])
+    return buf.ravel().astype(np.uint8) if ok else np.zeros(0, np.uint8)
+
+
+def sift_feature(thumb: np.ndarray, features: int) -> dict:
+    """RootSIFT keypoints of a thumbnail stored by :func:`encode_thumbnail`:
+    ``s_points``, ``s_desc`` and ``shape`` (what :func:`scene_verify` reads)."""
+    gray = cv2.imdecode(thumb, cv2.IMREAD_GRAYSCALE) if len(thumb) else None
+    if gray is None:
+        return {"s_points": np.zeros((0, 2), np.float32), "s_desc": np.zeros((0, 128), np.uint8),
+                "shape": np.array([1, 1], np.int64)}
+    points, desc = sift_detect(gray, features)
+    return {"s_points": points, "s_desc": desc, "shape": np.array(gray.shape[:2], np.int64)}
+
+
+def gate(info: dict) -> bool:
+    """Whether a pair orb rejected is worth the RootSIFT stage."""
+    return info.get("matches", 0) >= GATE_MATCHES
+
+
 class Scene(Method):
     name = "scene"
-    summary = "orb, then RootSIFT + homography / fundamental matrix: other viewpoints, stereo, video frames (slower)"
-    default_threshold = 0.57
+    summary = "orb, then RootSIFT + homography / fundamental matrix: other viewpoints, stereo, video frames"
+    default_threshold = ORB_THRESHOLD
     options = (
-        Option("scene_side", int, 640, "scene: longest side in px of the thumbnail keypoints are found on"),
+        Option("scene_side", int, 640, "scene: longest side in px of the thumbnail RootSIFT keypoints are found on"),
         Option("scene_features", int, 1000, "scene: RootSIFT keypoints per image"),
         candidates_option(10),
     )
     cache_scores = True
     parallel_scores = True
-    score_chunk = 256  # matching costs tens of milliseconds a pair
-    feature_version = 2  # 2: orb mirror descriptors computed at the mirrored keypoints
+    score_chunk = 512
+    feature_version = 3  # 3: orb's default features + a JPEG thumbnail; RootSIFT found lazily
 
     def check_params(self) -> None:
         if not 128 <= self.params["scene_side"] <= 2048:
             raise ValueError("--scene-side must be between 128 and 2048")
         if not 50 <= self.params["scene_features"] <= 5000:
             raise ValueError("--scene-features must be between 50 and 5000")
-        self.decode_side = self.params["scene_side"]
+        self.decode_side = max(self.params["scene_side"], ORB_SIDE)
 
-    def extract(self, image: np.ndarray) -> dict:
-        if image.ndim == 3:
-            image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-        gray = np.ascontiguousarray(image, dtype=np.uint8)
-        feat = orb_feature(gray, ORB_SIDE, ORB_FEATURES)
-        small = thumbnail(gray, self.params["scene_side"])
-        points, desc = sift_detect(small, self.params["scene_features"])
-        feat.update(s_points=points, s_desc=desc, shape=np.array(small.shape[:2], np.int64),
-                    glob=global_descriptor(points, desc, small.shape[:2]))
+    def decode(self, path) -> dict:
+        """The image decoded twice: as orb decodes it (so that stage 1 sees
+        orb's pixels and scores what orb scores) and at ``scene_side``."""
+        return {"orb": load_image(path, max_side=ORB_SIDE, gray=True),
+                "scene": load_image(path, max_side=self.params["scene_side"], gray=True)}
+
+    def extract(self, image) -> dict:
+        """Features of what :meth:`decode` gives, or of one image array."""
+        orb_image, scene_image = (image["orb"], image["scene"]) if isinstance(image, dict) else (image, image)
+        orb_gray, gray = (np.ascontiguousarray(cv2.cvtColor(x, cv2.COLOR_RGB2GRAY) if x.ndim == 3 else x,
+                                               dtype=np.uint8) for x in (orb_image, scene_image))
+        feat = orb_feature(orb_gray, ORB_SIDE, ORB_FEATURES)
+        feat["thumb"] = encode_thumbnail(thumbnail(gray, self.params["scene_side"]) if gray.size else gray)
         return feat
 
-    def stack(self, features):
-        return {"features": list(features), "bow": None}
+    def sift(self, feature: dict) -> dict:
+        """The RootSIFT keypoints of a feature (computed from its thumbnail)."""
+        return sift_feature(feature["thumb"], self.params["scene_features"])
 
-    def pair_score(self, a: dict, b: dict) -> float:
-        """Similarity of two features; the same whichever comes first."""
+    def stack(self, features):
+        return {"features": list(features), "bow": None, "sift": OrderedDict()}
+
+    def pair_score(self, a: dict, b: dict, sift=None) -> float:
+        """Similarity of two features; the same whichever comes first.
+        ``sift(feature)`` gives a feature's RootSIFT keypoints (default:
+        :meth:`sift`, computed again)."""
         if tuple(a["key"]) > tuple(b["key"]):
             a, b = b, a
         if (np.array_equal(a["desc"], b["desc"]) and np.array_equal(a["points"], b["points"])
-                and np.array_equal(a["s_desc"], b["s_desc"])):
-            return 1.0 if len(a["desc"]) or len(a["s_desc"]) else 0.0
-        first = match_score(a, b, ORB_SIDE, ORB_FEATURES)
-        if first >= ORB_THRESHOLD:
+                and np.array_equal(a["thumb"], b["thumb"])):
+            return 1.0 if len(a["desc"]) or len(a["thumb"]) else 0.0
+        first, info = match(a, b, ORB_SIDE, ORB_FEATURES)
+        if first >= ORB_THRESHOLD or not gate(info):
             return first
-        inliers, _ = scene_verify(a, b)
+        sift = sift or self.sift
+        inliers, _ = scene_verify(sift(a), sift(b))
         if inliers <= 0:
             return first
         # A pair stage 2 accepts scores above the default threshold, higher with more inliers.
         return float(ORB_THRESHOLD + (1 - ORB_THRESHOLD) * (1 - np.exp(-inliers / SCENE_SCALE)))
 
     def score(self, stacked, i, j):
-        feats = stacked["features"]
-        return np.array([self.pair_score(feats[a], feats[b]) for a, b in zip(i.tolist(), j.tolist())],
-                        dtype=np.float64)
+        feats, memory = stacked["features"], stacked["sift"]
+
+        def sift_of(index):
+            if index in memory:
+                memory.move_to_end(index)
+            else:
+                memory[index] = self.sift(feats[index])
+                if len(memory) > SIFT_MEMORY:
+                    memory.popitem(last=False)
+            return memory[index]
+
+        out = np.empty(len(i), np.float64)
+        for k, (a, b) in enumerate(zip(i.tolist(), j.tolist())):
+            out[k] = self.pair_score(feats[a], feats[b], lambda f, a=a, b=b: sift_of(a if f is feats[a] else b))
+        return out
 
     def candidates(self, stacked, floor):
-        feats = stacked["features"]
         if stacked["bow"] is None:
-            stacked["bow"] = bag_of_words(feats)
-        k = self.params["candidates"]
-        i1, j1, _ = nearest(stacked["bow"], k)
-        glob = np.stack([f["glob"] for f in feats]) if feats else np.zeros((0, GLOBAL_DIM + 32), np.float32)
-        i2, j2 = top_k_pairs(lambda s, e: glob[s:e] @ glob.T, len(feats), k, above=0.0)
-        i = np.concatenate([i1, i2])
-        j = np.concatenate([j1, j2])
-        lo, hi = np.minimum(i, j), np.maximum(i, j)
-        pairs = np.unique(np.stack([lo, hi], axis=1), axis=0) if len(lo) else np.zeros((0, 2), np.int64)
-        return pairs[:, 0], pairs[:, 1]
+            stacked["bow"] = bag_of_words(stacked["features"])
+        return nearest(stacked["bow"], self.params["candidates"])
