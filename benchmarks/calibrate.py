@@ -32,7 +32,9 @@ from clusterimg.features import available, get_method  # noqa: E402
 from clusterimg.engine.extract import extract_features  # noqa: E402
 from clusterimg.engine.search import find_pairs  # noqa: E402
 
-DEFAULT_BENCH = Path(__file__).resolve().parents[2] / "shared" / "bench" / "dev"
+from bench_path import BENCH  # noqa: E402
+
+DEFAULT_BENCH = BENCH / "dev"
 
 
 def pairwise_scores(truth: dict, names: list[str], labels: list[int]) -> dict:

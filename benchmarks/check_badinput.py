@@ -15,7 +15,9 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[2] / "shared" / "bench" / "badinput"
+from bench_path import BENCH as SHARED  # noqa: E402
+
+BENCH = SHARED / "badinput"
 
 
 def main(manifest_path: str) -> int:

@@ -25,7 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[2] / "shared" / "bench"
+from bench_path import BENCH  # noqa: E402
+
 PART_GROUPS, PART_VARIANTS, PART_SINGLETONS = 200, 16, 13
 
 

@@ -28,12 +28,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_path import BENCH, ROOT  # noqa: E402
 from scale import score  # noqa: E402  (score.py on a manifest, as scale.py runs it)
 
-ROOT = Path(__file__).resolve().parents[1]
-# ../shared/bench from the project's root (or from the root of a worktree one level deeper)
-BENCH = next((p / "shared" / "bench" for p in (ROOT.parent, ROOT.parents[1]) if (p / "shared" / "bench").is_dir()),
-             ROOT.parent / "shared" / "bench")
 SEEDS = (1, 2, 3)
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
