@@ -12,7 +12,9 @@ EfficientNet-Lite0 features that encoder starts from, without any training
 (what the pretrained layers alone are worth).
 
 Sets: ../shared/bench/labelled_flat/{fashion_mnist,tuxpaint_stamps} (truth.json
-beside the images) and scikit-learn's load_digits (1,797 8x8 digits, upsampled).
+beside the images), scikit-learn's load_digits (1,797 8x8 digits, upsampled),
+and any folder given by its path that holds images/ + truth.json, e.g. the
+MNIST sample that benchmarks/make_mnist.py writes (--sets /tmp/mnist2k).
 Prints one line per (set, features) and, at the end, the table as JSON.
 """
 from __future__ import annotations
@@ -41,7 +43,7 @@ def load_set(name: str):
 
         d = load_digits()
         return [np.round(im * (255 / 16)).astype(np.uint8) for im in d.images], np.asarray(d.target)
-    folder = BENCH_DIR[0] / name
+    folder = Path(name) if (Path(name) / "truth.json").is_file() else BENCH_DIR[0] / name
     truth = json.loads((folder / "truth.json").read_text())
     label = {p: g for g, members in enumerate(truth["groups"]) for p in members}
     paths = sorted(p.name for p in (folder / "images").iterdir() if p.name in label)
@@ -127,7 +129,8 @@ def main() -> None:
         images, labels = load_set(name)
         k = len(np.unique(labels))
         gray = all(is_gray(im) for im in images)
-        size = args.input_size or (32 if name in ("digits", "fashion_mnist") else 64)
+        small = name in ("digits", "fashion_mnist") or max(max(im.shape[:2]) for im in images) <= 32
+        size = args.input_size or (32 if small else 64)
         print(f"{name}: {len(images)} images, {k} classes, {'gray' if gray else 'RGB'}, input {size} px", flush=True)
         for feat, fn in (("pixels32+pca50", pixels_pca), ("hog64", hog_features)):
             row = {"set": name, "features": feat, **scores(fn(images), labels, k)}
