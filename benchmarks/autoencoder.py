@@ -90,17 +90,20 @@ def hog_features(images, size=64):
     return np.stack([hog(im, orientations=9, pixels_per_cell=(8, 8), cells_per_block=(2, 2)) for im in x])
 
 
-def speed(epochs: int) -> None:
+def speed(epochs: int, overrides: dict | None = None) -> None:
     from sklearn.datasets import load_digits
 
     d = load_digits()
     images = [np.round(im * (255 / 16)).astype(np.uint8) for im in np.concatenate([d.images, d.images])[:2000]]
     x = to_input(images, 64, 1)
-    options = AEOptions(input_size=64, channels=1, latent=64, loss="mse", epochs=epochs, patience=epochs)
+    options = AEOptions(**{"input_size": 64, "channels": 1, "epochs": epochs, "patience": epochs,  # defaults otherwise
+                           **(overrides or {})})
+    print(f"speed: options {options.to_json()}", flush=True)
     t0 = time.perf_counter()
     model = train(x, options, progress=lambda r: print(f"  epoch {r.epoch}: loss {r.loss:.5f} val {r.val_loss:.5f} "
                                                          f"{r.seconds:.1f} s", flush=True))
-    print(f"speed: {len(x)} images of 64 px, {model.epochs_done} epochs, mse: {time.perf_counter() - t0:.1f} s "
+    print(f"speed: {len(x)} images of 64 px, {model.epochs_done} epochs, {options.loss} loss, {options.encoder} "
+          f"encoder, latent {options.latent}: {time.perf_counter() - t0:.1f} s "
           "(jit compile included)")
 
 
@@ -117,12 +120,14 @@ def main() -> None:
     ap.add_argument("--encoder-blocks", type=int, default=3, help="effnet encoder: EfficientNet blocks after the stem")
     ap.add_argument("--perceptual-blocks", type=int, default=3)
     ap.add_argument("--denoise", type=float, default=0.0, help="std of the noise added to training inputs")
-    ap.add_argument("--speed", action="store_true", help="only the speed measurement")
+    ap.add_argument("--speed", action="store_true", help="only the speed measurement (the default options)")
+    ap.add_argument("--speed-options", type=json.loads, default=None,
+                    help='with --speed: other options, as JSON, e.g. \'{"loss": "mse", "encoder": "conv"}\'')
     ap.add_argument("--bench", type=Path, default=BENCH_DIR[0], help="the labelled_flat folder [../shared/bench/labelled_flat]")
     args = ap.parse_args()
     BENCH_DIR[0] = args.bench
     if args.speed:
-        speed(20)
+        speed(20, args.speed_options)
         return
     table = []
     for name in args.sets:
