@@ -12,7 +12,9 @@ EfficientNet-Lite0 features that encoder starts from, without any training
 (what the pretrained layers alone are worth).
 
 Sets: ../shared/bench/labelled_flat/{fashion_mnist,tuxpaint_stamps} (truth.json
-beside the images) and scikit-learn's load_digits (1,797 8x8 digits, upsampled).
+beside the images), scikit-learn's load_digits (1,797 8x8 digits, upsampled),
+and any folder given by its path that holds images/ + truth.json, e.g. the
+MNIST sample that benchmarks/make_mnist.py writes (--sets /tmp/mnist2k).
 Prints one line per (set, features) and, at the end, the table as JSON.
 """
 from __future__ import annotations
@@ -41,7 +43,7 @@ def load_set(name: str):
 
         d = load_digits()
         return [np.round(im * (255 / 16)).astype(np.uint8) for im in d.images], np.asarray(d.target)
-    folder = BENCH_DIR[0] / name
+    folder = Path(name) if (Path(name) / "truth.json").is_file() else BENCH_DIR[0] / name
     truth = json.loads((folder / "truth.json").read_text())
     label = {p: g for g, members in enumerate(truth["groups"]) for p in members}
     paths = sorted(p.name for p in (folder / "images").iterdir() if p.name in label)
@@ -88,17 +90,20 @@ def hog_features(images, size=64):
     return np.stack([hog(im, orientations=9, pixels_per_cell=(8, 8), cells_per_block=(2, 2)) for im in x])
 
 
-def speed(epochs: int) -> None:
+def speed(epochs: int, overrides: dict | None = None) -> None:
     from sklearn.datasets import load_digits
 
     d = load_digits()
     images = [np.round(im * (255 / 16)).astype(np.uint8) for im in np.concatenate([d.images, d.images])[:2000]]
     x = to_input(images, 64, 1)
-    options = AEOptions(input_size=64, channels=1, latent=64, loss="mse", epochs=epochs, patience=epochs)
+    options = AEOptions(**{"input_size": 64, "channels": 1, "epochs": epochs, "patience": epochs,  # defaults otherwise
+                           **(overrides or {})})
+    print(f"speed: options {options.to_json()}", flush=True)
     t0 = time.perf_counter()
     model = train(x, options, progress=lambda r: print(f"  epoch {r.epoch}: loss {r.loss:.5f} val {r.val_loss:.5f} "
                                                          f"{r.seconds:.1f} s", flush=True))
-    print(f"speed: {len(x)} images of 64 px, {model.epochs_done} epochs, mse: {time.perf_counter() - t0:.1f} s "
+    print(f"speed: {len(x)} images of 64 px, {model.epochs_done} epochs, {options.loss} loss, {options.encoder} "
+          f"encoder, latent {options.latent}: {time.perf_counter() - t0:.1f} s "
           "(jit compile included)")
 
 
@@ -115,19 +120,22 @@ def main() -> None:
     ap.add_argument("--encoder-blocks", type=int, default=3, help="effnet encoder: EfficientNet blocks after the stem")
     ap.add_argument("--perceptual-blocks", type=int, default=3)
     ap.add_argument("--denoise", type=float, default=0.0, help="std of the noise added to training inputs")
-    ap.add_argument("--speed", action="store_true", help="only the speed measurement")
+    ap.add_argument("--speed", action="store_true", help="only the speed measurement (the default options)")
+    ap.add_argument("--speed-options", type=json.loads, default=None,
+                    help='with --speed: other options, as JSON, e.g. \'{"loss": "mse", "encoder": "conv"}\'')
     ap.add_argument("--bench", type=Path, default=BENCH_DIR[0], help="the labelled_flat folder [../shared/bench/labelled_flat]")
     args = ap.parse_args()
     BENCH_DIR[0] = args.bench
     if args.speed:
-        speed(20)
+        speed(20, args.speed_options)
         return
     table = []
     for name in args.sets:
         images, labels = load_set(name)
         k = len(np.unique(labels))
         gray = all(is_gray(im) for im in images)
-        size = args.input_size or (32 if name in ("digits", "fashion_mnist") else 64)
+        small = name in ("digits", "fashion_mnist") or max(max(im.shape[:2]) for im in images) <= 32
+        size = args.input_size or (32 if small else 64)
         print(f"{name}: {len(images)} images, {k} classes, {'gray' if gray else 'RGB'}, input {size} px", flush=True)
         for feat, fn in (("pixels32+pca50", pixels_pca), ("hog64", hog_features)):
             row = {"set": name, "features": feat, **scores(fn(images), labels, k)}

@@ -889,10 +889,10 @@ def evaluate_command(manifest, truth, match, as_json):
 @click.argument("folder", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--save", "save_path", type=click.Path(path_type=Path, dir_okay=False), required=True,
               help="Where to write the model (npz; use it with `run --method autoencoder --ae PATH`).")
-@click.option("--loss", type=click.Choice(["mse", "l1", "perceptual"]), default="mse", show_default=True,
+@click.option("--loss", type=click.Choice(["mse", "l1", "perceptual"]), default="perceptual", show_default=True,
               help="Reconstruction loss; perceptual compares EfficientNet-Lite0 early features (+ pixel mse).")
 @click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
-@click.option("--latent", type=click.IntRange(min=1), default=64, show_default=True, help="Latent vector size.")
+@click.option("--latent", type=click.IntRange(min=1), default=10, show_default=True, help="Latent vector size.")
 @click.option("--input-size", type=click.IntRange(min=16), default=64, show_default=True,
               help="Side of the square input images (a multiple of 16).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
@@ -900,7 +900,7 @@ def evaluate_command(manifest, truth, match, as_json):
               help="Adam learning rate.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--augment", is_flag=True, help="Random horizontal flips and small shifts while training.")
-@click.option("--encoder", type=click.Choice(["conv", "effnet"]), default="conv", show_default=True,
+@click.option("--encoder", type=click.Choice(["conv", "effnet"]), default="effnet", show_default=True,
               help="conv: trained from scratch; effnet: frozen EfficientNet-Lite0 first blocks, then trained layers.")
 @click.option("--denoise", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Std of the Gaussian noise added to the training inputs (denoising autoencoder).")

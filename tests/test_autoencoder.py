@@ -43,7 +43,8 @@ def shapes(n: int = 32, size: int = 32, rgb: bool = False, seed: int = 0) -> np.
 
 # One set of options for most runs: training functions are compiled once per
 # process and options (see _training_functions), so the tests share compiles.
-OPTS = dict(input_size=32, latent=8, epochs=2, batch_size=8, lr=1e-3)
+# The conv encoder here (the default, effnet, has its own tests): fast to compile.
+OPTS = dict(input_size=32, latent=8, epochs=2, batch_size=8, lr=1e-3, encoder="conv")
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +75,7 @@ def test_training_lowers_the_loss(loss, gray_data, mse_model):
 
 def test_progress_is_reported_per_epoch(gray_data):
     seen = []
-    model = train(gray_data, AEOptions(channels=1, **dict(OPTS, epochs=2)), progress=seen.append)
+    model = train(gray_data, AEOptions(channels=1, loss="mse", **dict(OPTS, epochs=2)), progress=seen.append)
     assert [r.epoch for r in seen] == [1, 2]
     assert seen[-1].eta == 0 and seen[0].eta >= 0
     assert [r.loss for r in seen] == [h["loss"] for h in model.history]
@@ -95,7 +96,7 @@ def test_training_is_deterministic(gray_data, mse_model):
 def test_effnet_encoder_with_denoising_trains_and_round_trips(tmp_path, gray_data):
     """The hybrid: frozen EfficientNet-Lite0 stem + blocks, then trained layers;
     its pretrained weights are not part of the saved model."""
-    options = AEOptions(channels=1, loss="mse", encoder="effnet", encoder_blocks=3, denoise=0.1, **OPTS)
+    options = AEOptions(channels=1, loss="mse", encoder_blocks=3, denoise=0.1, **dict(OPTS, encoder="effnet"))
     model = train(gray_data, options)
     h = model.history
     assert h[1]["loss"] < h[0]["loss"] and h[1]["val_loss"] < h[0]["val_loss"]
@@ -168,10 +169,10 @@ def test_interrupted_training_keeps_the_best_epoch(gray_data, monkeypatch):
         if report.epoch == 2:
             raise KeyboardInterrupt
 
-    model = train(gray_data, AEOptions(channels=1, **dict(OPTS, epochs=4)), progress=stop_in_epoch_two)
+    model = train(gray_data, AEOptions(channels=1, loss="mse", **dict(OPTS, epochs=4)), progress=stop_in_epoch_two)
     assert model.interrupted and calls == [1, 2]
     assert model.opt_state is not None  # saved with the model, so --resume continues
-    resumed = train(gray_data, AEOptions(channels=1, **dict(OPTS, epochs=3)), resume=model)
+    resumed = train(gray_data, AEOptions(channels=1, loss="mse", **dict(OPTS, epochs=3)), resume=model)
     assert resumed.epochs_done == 3 and not resumed.interrupted
 
 
@@ -203,11 +204,12 @@ def test_backend_trains_once_then_reuses_and_keys_on_the_model(tmp_path):
     from clusterimg.features.autoencoder import Autoencoder
 
     paths = write_folder(tmp_path / "imgs")
-    first = Autoencoder(epochs=1, latent=8, input_size=32)
+    fast = dict(latent=8, input_size=32, loss="mse", encoder="conv")
+    first = Autoencoder(epochs=1, **fast)
     first.model_dir = tmp_path / "models"
     first.prepare(paths)
     assert "trained" in first.status and len(list((tmp_path / "models").iterdir())) == 1
-    second = Autoencoder(epochs=1, latent=8, input_size=32)
+    second = Autoencoder(epochs=1, **fast)
     second.model_dir = tmp_path / "models"
     second.prepare(paths)
     assert "reused" in second.status
@@ -216,12 +218,12 @@ def test_backend_trains_once_then_reuses_and_keys_on_the_model(tmp_path):
     feats = second.extract_many(images)
     assert np.array_equal(np.stack(feats), first.model.encode(to_input(images, 32, first.model.options.channels)))
     assert np.allclose(second.extract(images[0]), feats[0], atol=1e-5)
-    retrained = Autoencoder(epochs=2, latent=8, input_size=32, retrain=True)  # same compiled step, other model
+    retrained = Autoencoder(epochs=2, retrain=True, **fast)  # same compiled step, other model
     retrained.model_dir = tmp_path / "models"
     retrained.prepare(paths)
     assert "trained" in retrained.status
     assert method_key(retrained) != method_key(second)  # other model, other feature cache key
-    assert Autoencoder(encoder="effnet").training_options(1).encoder == "effnet"  # --encoder reaches training
+    assert Autoencoder(encoder="conv").training_options(1).encoder == "conv"  # --encoder reaches training
     saved = tmp_path / "given.ae"
     first.model.save(saved)
     given = Autoencoder(ae=str(saved))
@@ -248,3 +250,16 @@ def test_train_ae_command(tmp_path):
     assert again.exit_code == 2 and "exists" in again.output and save.read_bytes() == before
     bad = CliRunner().invoke(main, args[:3] + [str(tmp_path / "new.ae"), "--input-size", "40"])
     assert bad.exit_code == 2 and "multiple of 16" in bad.output
+
+
+def test_defaults_agree_between_the_library_run_and_train_ae():
+    """One default setting (the one measured best, README) wherever a model is trained."""
+    from clusterimg.cli import main
+    from clusterimg.features.autoencoder import Autoencoder
+
+    library = AEOptions()
+    backend = Autoencoder().training_options(library.channels)
+    command = {p.name: p.default for p in main.commands["train-ae"].params}
+    for name in ("loss", "encoder", "latent", "epochs", "input_size"):
+        assert getattr(backend, name) == getattr(library, name) == command[name], name
+    assert (library.loss, library.encoder, library.latent) == ("perceptual", "effnet", 10)

@@ -29,11 +29,11 @@ class Autoencoder(VectorMethod):
     default_threshold = 0.9
     options = (
         Option("ae", str, "", "saved autoencoder model (clusterimg train-ae); default: train one on the folder"),
-        Option("loss", str, "mse", "autoencoder training loss", choices=("mse", "l1", "perceptual")),
-        Option("encoder", str, "conv", "autoencoder encoder: conv (trained from scratch) or effnet (frozen "
+        Option("loss", str, "perceptual", "autoencoder training loss", choices=("mse", "l1", "perceptual")),
+        Option("encoder", str, "effnet", "autoencoder encoder: conv (trained from scratch) or effnet (frozen "
                "EfficientNet-Lite0 first blocks + trained layers)", choices=("conv", "effnet")),
         Option("epochs", int, DEFAULT_EPOCHS, "autoencoder training epochs (early stopping on 10 % held out)"),
-        Option("latent", int, 64, "size of the autoencoder's latent vector"),
+        Option("latent", int, 10, "size of the autoencoder's latent vector"),
         Option("input_size", int, 64, "side of the square images the autoencoder sees (a multiple of 16)"),
         Option("retrain", bool, False, "train a new autoencoder even if one for these files is cached"),
     )

@@ -53,9 +53,9 @@ class AEOptions:
 
     input_size: int = 64  # square input side, a multiple of 16
     channels: int = 1  # 1 = gray, 3 = RGB
-    latent: int = 64
+    latent: int = 10  # small: the latents cluster by class better (issue 12's measurements, README)
     width: int = 16  # channels of the first conv layer (then 2x, 4x, 4x)
-    loss: str = "mse"
+    loss: str = "perceptual"
     epochs: int = 30
     batch_size: int = 64
     lr: float = 1e-3
@@ -67,7 +67,7 @@ class AEOptions:
     perceptual_blocks: int = 3  # perceptual loss: EfficientNet-Lite0 blocks after the stem
     denoise: float = 0.0  # std of the Gaussian noise added to training inputs (the target stays clean)
     weight_decay: float = 0.0  # AdamW's decoupled weight decay (0: plain Adam)
-    encoder: str = "conv"  # conv: trained from scratch; effnet: frozen EfficientNet-Lite0 stem + blocks first
+    encoder: str = "effnet"  # conv: trained from scratch; effnet: frozen EfficientNet-Lite0 stem + blocks first
     encoder_blocks: int = 5  # effnet encoder: EfficientNet-Lite0 blocks after the stem (0..5)
 
     def check(self) -> None:
@@ -250,7 +250,12 @@ def _ae_class():
         effnet_blocks: int = eqx.field(static=True)  # -1: the conv encoder from scratch
 
         def encode(self, x):  # x: (n, S, S, C) in [0, 1] -> (n, latent)
-            h = x * 2.0 - 1.0 if self.effnet_blocks < 0 else _effnet_front(self.effnet_blocks)(x)
+            return self.encode_front(self.front(x))
+
+        def front(self, x):  # the untrained start of the encoder (nothing to learn in it)
+            return x * 2.0 - 1.0 if self.effnet_blocks < 0 else _effnet_front(self.effnet_blocks)(x)
+
+        def encode_front(self, h):  # front(x) -> (n, latent)
             for wk, bk in zip(self.enc_w, self.enc_b):
                 h = jax.nn.relu(conv2d(h, wk, bk, 2))
             return h.reshape(h.shape[0], -1) @ self.lat_w + self.lat_b
@@ -352,11 +357,13 @@ def _loss_fn(options: AEOptions, perceptual_features: Callable | None):
         d = y - x
         return jnp.mean(jnp.abs(d) if kind == "l1" else d * d, axis=(1, 2, 3))
 
-    def per_sample(model, x, target, scale):
-        y = model(x)
+    def per_sample(model, x, target, scale, front=None, target_features=None):
+        """``front``: model.front(x) and ``target_features``: the perceptual
+        features of ``target``, when computed once before training (optional)."""
+        y = model(x) if front is None else model.decode(model.encode_front(front))
         if options.loss in ("mse", "l1"):
             return pixel(target, y, options.loss)
-        fx = perceptual_features(target)
+        fx = perceptual_features(target) if target_features is None else target_features
         fy = perceptual_features(y)
         feat = jnp.mean((fx - fy) ** 2, axis=(1, 2, 3)) / scale
         return feat + options.pixel_weight * pixel(target, y, "mse")
@@ -417,7 +424,10 @@ def _training_functions(key: AEOptions):
         crop = lambda im, a, b: jax.lax.dynamic_slice(im, (a, b, 0), x.shape[1:])
         return jax.vmap(crop)(padded, dy, dx)
 
-    def batch_loss(model, x, weight, rng, scale):
+    def batch_loss(model, x, weight, rng, scale, fixed=None):
+        if fixed is not None:  # the inputs are the images themselves: their fixed parts computed once
+            losses = per_sample(model, x, x, scale, *fixed)
+            return jnp.sum(losses * weight) / jnp.maximum(jnp.sum(weight), 1.0)
         ka, kn = jax.random.split(rng)
         if options.augment:
             x = augment(x, ka)
@@ -428,14 +438,14 @@ def _training_functions(key: AEOptions):
         return jnp.sum(losses * weight) / jnp.maximum(jnp.sum(weight), 1.0)
 
     @eqx.filter_jit
-    def step(model, opt_state, x, weight, rng, scale):
-        loss, grads = eqx.filter_value_and_grad(batch_loss)(model, x, weight, rng, scale)
+    def step(model, opt_state, x, weight, rng, scale, fixed=None):
+        loss, grads = eqx.filter_value_and_grad(batch_loss)(model, x, weight, rng, scale, fixed)
         updates, opt_state = optimiser.update(grads, opt_state, eqx.filter(model, eqx.is_array))
         return eqx.apply_updates(model, updates), opt_state, loss
 
     @eqx.filter_jit
-    def eval_sum(model, x, weight, scale):
-        return jnp.sum(per_sample(model, x, x, scale) * weight)
+    def eval_sum(model, x, weight, scale, fixed=None):
+        return jnp.sum(per_sample(model, x, x, scale, *(fixed or ())) * weight)
 
     return optimiser, (None if features is None else jax.jit(features)), step, eval_sum
 
@@ -629,17 +639,29 @@ def train(images: np.ndarray, options: AEOptions, progress: Callable[[EpochRepor
         history = []
 
     def batches(idx):
-        """Fixed-size batches (the last one padded, with zero weight)."""
-        for start in range(0, len(idx), batch):
-            part = idx[start:start + batch]
-            weight = np.ones(batch, np.float32)
-            if len(part) < batch:
-                weight[len(part):] = 0
-                part = np.concatenate([part, np.full(batch - len(part), part[0])])
-            yield x_all[part], weight
+        """Fixed-size batches (the last one padded, with zero weight): images,
+        weights, and their precomputed fixed parts (or None)."""
+        for xb, weight, part in _chunks(x_all, idx, batch):
+            yield xb, weight, (None if fixed is None else tuple(None if a is None else a[part] for a in fixed))
+
+    # Without augmentation or noise the network sees the images themselves, so
+    # what does not change during training is computed once here, not every
+    # step: the frozen EfficientNet front of the effnet encoder and the
+    # perceptual features of the targets (2 of the 3 EfficientNet passes).
+    fixed = None
+    if not options.augment and options.denoise == 0 and (options.encoder == "effnet" or features is not None):
+        front = eqx.filter_jit(lambda m, x: m.front(x)) if options.encoder == "effnet" else None
+        fronts, targets = [], []
+        for xb, w, _ in _chunks(x_all, np.arange(n), batch):
+            keep = int(w.sum())
+            if front is not None:
+                fronts.append(np.asarray(front(model, xb))[:keep])
+            if features is not None:
+                targets.append(np.asarray(features(jnp.asarray(xb)))[:keep])
+        fixed = (np.concatenate(fronts) if fronts else None, np.concatenate(targets) if targets else None)
 
     def evaluate(model, idx) -> float:
-        total = sum(float(eval_sum(model, xb, w, scale)) for xb, w in batches(idx))
+        total = sum(float(eval_sum(model, xb, w, scale, f)) for xb, w, f in batches(idx))
         return total / len(idx)
 
     best_model, best_state = model, opt_state
@@ -654,9 +676,9 @@ def train(images: np.ndarray, options: AEOptions, progress: Callable[[EpochRepor
             t0 = time.perf_counter()
             order = np.random.default_rng([options.seed, epoch]).permutation(train_idx)
             total, count = 0.0, 0
-            for k, (xb, w) in enumerate(batches(order)):
+            for k, (xb, w, f) in enumerate(batches(order)):
                 key = jax.random.fold_in(jax.random.fold_in(base_key, epoch), k)
-                model, opt_state, loss = step(model, opt_state, xb, w, key, scale)
+                model, opt_state, loss = step(model, opt_state, xb, w, key, scale, f)
                 total += float(loss) * float(w.sum())
                 count += float(w.sum())
             train_loss = total / max(count, 1.0)
@@ -682,6 +704,18 @@ def train(images: np.ndarray, options: AEOptions, progress: Callable[[EpochRepor
     # history keeps every epoch run; the weights are those of the best one
     return TrainedAE(options, _leaves(best_model), history, folder_fingerprint,
                      _leaves(best_state), interrupted=interrupted)
+
+
+def _chunks(x_all: np.ndarray, idx: np.ndarray, size: int):
+    """(images, weights, their indices) in chunks of ``size`` (the last one
+    padded with copies of its first image, weight 0)."""
+    for start in range(0, len(idx), size):
+        part = idx[start:start + size]
+        weight = np.ones(size, np.float32)
+        if len(part) < size:
+            weight[len(part):] = 0
+            part = np.concatenate([part, np.full(size - len(part), part[0])])
+        yield x_all[part], weight, part
 
 
 def _with_leaves_tree(tree, arrays: Sequence[np.ndarray]):
