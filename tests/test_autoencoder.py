@@ -192,6 +192,31 @@ def test_perceptual_features_match_the_numpy_reference():
         np.testing.assert_allclose(got.transpose(0, 3, 1, 2), ref, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("size, k, stride", [((8, 8), 3, 1), ((8, 8), 3, 2), ((7, 9), 3, 2), ((9, 7), 5, 2),
+                                             ((10, 11), 5, 1), ((5, 5), 5, 2)])
+def test_the_depthwise_gradient_is_the_true_gradient(size, k, stride):
+    # depthwise() carries a hand-written gradient (the perceptual loss's
+    # speed); it must equal JAX's own gradient of the same correlation.
+    import jax
+    import jax.numpy as jnp
+
+    from clusterimg.nn import effnet_jax as E
+
+    def plain(x, w, b):
+        (ho, top, bottom), (wo, left, right) = (E._same_padding(size[0], k, stride),
+                                                E._same_padding(size[1], k, stride))
+        return E._correlate(jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0))), w, stride, ho, wo) + b
+
+    rng = np.random.default_rng(k * 10 + stride)
+    x, w, b = (jnp.asarray(rng.normal(size=shape), jnp.float32) for shape in ((2, *size, 4), (k, k, 4), (4,)))
+    cotangent = jnp.asarray(rng.normal(size=plain(x, w, b).shape), jnp.float32)
+    np.testing.assert_allclose(E.depthwise(x, w, b, stride), plain(x, w, b), rtol=1e-6, atol=1e-6)
+    ours = jax.grad(lambda *a: jnp.sum(E.depthwise(*a, stride) * cotangent), argnums=(0, 1, 2))(x, w, b)
+    theirs = jax.grad(lambda *a: jnp.sum(plain(*a) * cotangent), argnums=(0, 1, 2))(x, w, b)
+    for a, b_ in zip(ours, theirs):
+        np.testing.assert_allclose(a, b_, rtol=1e-5, atol=1e-5)
+
+
 def write_folder(folder, n=24, rgb=False):
     folder.mkdir()
     for k, im in enumerate(shapes(n, 32, rgb=rgb)):
