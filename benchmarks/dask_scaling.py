@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import build, sample  # noqa: E402  (the 6,273-image set; CPU seconds of processes)
+from speed import build, sample, tree  # noqa: E402  (the 6,273-image set; a process tree and its CPU seconds)
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINES = {"-j 1": ["--workers", "1"], "-j 2": ["--workers", "2"],
@@ -43,26 +43,6 @@ def comparable(manifest: dict) -> dict:
     manifest.pop("created", None)
     manifest["stats"] = {k: v for k, v in manifest["stats"].items() if k != "seconds"}
     return manifest
-
-
-def tree(pid: int) -> list[int]:
-    """``pid`` and its descendants, whichever thread started them (a
-    LocalCluster's workers are started by its event loop's thread)."""
-    found, stack = [], [pid]
-    while stack:
-        p = stack.pop()
-        found.append(p)
-        try:
-            tasks = os.listdir(f"/proc/{p}/task")
-        except OSError:
-            continue
-        for t in tasks:
-            try:
-                with open(f"/proc/{p}/task/{t}/children") as f:
-                    stack.extend(int(c) for c in f.read().split())
-            except OSError:
-                pass
-    return found
 
 
 def uptime() -> str:

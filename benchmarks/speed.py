@@ -47,15 +47,22 @@ def build(data: Path) -> None:
 
 
 def tree(pid: int) -> list[int]:
+    """``pid`` and its descendants, whichever thread started them (a
+    LocalCluster's workers are started by its event loop's thread)."""
     found, stack = [], [pid]
     while stack:
         p = stack.pop()
         found.append(p)
         try:
-            with open(f"/proc/{p}/task/{p}/children") as f:
-                stack.extend(int(c) for c in f.read().split())
+            tasks = os.listdir(f"/proc/{p}/task")
         except OSError:
-            pass
+            continue
+        for t in tasks:
+            try:
+                with open(f"/proc/{p}/task/{t}/children") as f:
+                    stack.extend(int(c) for c in f.read().split())
+            except OSError:
+                pass
     return found
 
 

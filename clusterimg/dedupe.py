@@ -211,8 +211,8 @@ def bordered_copies(facts: list[Facts]) -> dict[str, Facts]:
             continue
         area, aspect = f.pixels * fw * fh, f.aspect * fw / fh
         for g in facts:
-            if g is not f and g.aspect \
-                    and abs(area - g.pixels) <= SAME_AREA * g.pixels and abs(aspect - g.aspect) <= SAME_ASPECT * g.aspect:
+            same_area = abs(area - g.pixels) <= SAME_AREA * g.pixels
+            if g is not f and g.aspect and same_area and abs(aspect - g.aspect) <= SAME_ASPECT * g.aspect:
                 found[f.path] = g
                 break
     return found

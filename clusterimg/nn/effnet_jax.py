@@ -108,7 +108,8 @@ def _depthwise_op():
         k = w.shape[0]
         (ho, top, _), (wo, left, _) = _same_padding(h, k, stride), _same_padding(wd, k, stride)
         if stride > 1:  # the output gradient at the positions the taps started from
-            g = jnp.zeros((n, stride * (ho - 1) + 1, stride * (wo - 1) + 1, c), g.dtype).at[:, ::stride, ::stride].set(g)
+            dilated = jnp.zeros((n, stride * (ho - 1) + 1, stride * (wo - 1) + 1, c), g.dtype)
+            g = dilated.at[:, ::stride, ::stride].set(g)
         gp = jnp.pad(g, ((0, 0), (k - 1, k - 1), (k - 1, k - 1), (0, 0)))
         hp, wp = g.shape[1] + k - 1, g.shape[2] + k - 1  # rows and columns of xp the taps reached
         dxp = _correlate(gp, w[::-1, ::-1], 1, hp, wp)

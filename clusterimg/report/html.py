@@ -264,7 +264,8 @@ def build_report(out_dir: Path, manifest: dict | None = None, *, workers: int = 
         thumb = f"{THUMBS}/{i['thumb']}" if ok and t else None
         reason = i.get("reason") or t.get("error")
         href = _href(i["src"], out) if i["src"] is not None else None
-        return thumb, t.get("w"), t.get("h"), t.get("ow"), t.get("oh"), i["size"], href, reason, tuple(t.get("pb", (1.0, 1.0)))
+        box = tuple(t.get("pb", (1.0, 1.0)))
+        return thumb, t.get("w"), t.get("h"), t.get("ow"), t.get("oh"), i["size"], href, reason, box
 
     clusters = []
     for c in manifest.get("clusters", []):
