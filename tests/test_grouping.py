@@ -98,3 +98,46 @@ def test_joined_pairs_are_not_scored_and_the_groups_stay_the_same():
     # each image's nearest candidate comes first: the first round is rank 0
     first = {(min(a, b), max(a, b)) for a, b in enumerate([2, 4, 0, 7, 1, 0, 0, 3, 1, 0])}
     assert set(spared[:len(first)]) == first
+
+
+class Screened(Labels):
+    """Labels with a cheap screen: pairs of different labels are settled (0)
+    by the screen, pairs of one label only where both indices are even (1);
+    the other pairs of one label are left open (NaN) for the full score."""
+    screens = True
+
+    def __init__(self):
+        super().__init__()
+        self.screened = []
+
+    def screen(self, stacked, i, j):
+        self.screened += list(zip(i.tolist(), j.tolist()))
+        same = stacked[i] == stacked[j]
+        settled = ~same | ((i % 2 == 0) & (j % 2 == 0))
+        return np.where(settled, same.astype(float), np.nan)
+
+
+def test_screened_pairs_get_the_full_score_only_between_images_still_apart():
+    labels = np.array([0, 1, 0, 2, 1, 0, 0, 2, 1, 0, 0, 1])
+    full, uf_full = Labels(), UnionFind(len(labels))
+    find_pairs(full, labels, len(labels), 0.5, joined=uf_full)
+    method, uf = Screened(), UnionFind(len(labels))
+    i, j, s = find_pairs(method, labels, len(labels), 0.5, joined=uf)
+    assert uf.groups() == uf_full.groups() == [[0, 2, 5, 6, 9, 10], [1, 4, 8, 11], [3, 7]]
+    assert np.all(s == 1) and len(i) == len(j) == len(s)
+    settled = {p for p in method.screened if labels[p[0]] != labels[p[1]] or (p[0] % 2 == 0 and p[1] % 2 == 0)}
+    # every pair scored in full was left open by the screen, and none twice
+    assert not settled & set(method.scored) and len(set(method.scored)) == len(method.scored)
+    assert set(method.scored) <= set(method.screened)
+    # the screen joined 0, 2, 6, 10 (even members of label 0) before any full score:
+    # no full score between two of them
+    assert not {(a, b) for a, b in method.scored if {a, b} <= {0, 2, 6, 10}}
+    assert len(method.scored) < len(full.scored)
+
+
+def test_a_backend_that_screens_is_scored_in_full_without_a_union_find():
+    labels = np.array([0, 1, 0, 2, 1, 0])
+    method = Screened()
+    i, j, s = find_pairs(method, labels, len(labels), 0.5)
+    assert method.screened == [] and np.all(s == 1)
+    assert sorted(zip(i.tolist(), j.tolist())) == [(0, 2), (0, 5), (1, 4), (2, 5)]

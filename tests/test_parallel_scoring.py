@@ -66,7 +66,7 @@ def test_workers_score_the_same_as_the_main_process(orb_features, monkeypatch):
     calls = []
     real = PairScorer._score_in_workers
     monkeypatch.setattr(PairScorer, "_score_in_workers",
-                        lambda self, a, b: calls.append(len(a)) or real(self, a, b))
+                        lambda self, a, b, screen: calls.append(len(a)) or real(self, a, b, screen))
     with PairScorer(method, files, features=features, workers=2) as pooled:
         together = pooled.score_global(features, i, j)
         assert calls == [120]  # one call, all pairs in the workers
@@ -129,9 +129,9 @@ def test_ctrl_c_during_parallel_scoring_exits_130_and_resumes(tmp_path, monkeypa
     seen = {"n": 0, "workers": 0}
     real = PairScorer._score_in_workers
 
-    def counting(self, a, b):
+    def counting(self, a, b, screen):
         seen["workers"] += 1
-        return real(self, a, b)
+        return real(self, a, b, screen)
 
     def put_then_stop(self, *args):
         seen["n"] += 1

@@ -198,3 +198,39 @@ def test_stage_one_sees_what_orb_sees():
         assert np.array_equal(o["desc"], s["desc"]) and np.array_equal(o["points"], s["points"])
     assert scene.default_threshold == orb.default_threshold
     assert scene.pair_score(sf[0], sf[1]) == orb.pair_score(of[0], of[1]) >= orb.default_threshold
+
+
+def test_screening_first_gives_the_clusters_of_full_scores_and_stores_only_final_scores(tmp_path, monkeypatch):
+    """The search screens every candidate pair with orb's stage and verifies
+    with RootSIFT only the pairs left open between images still apart. Two
+    copies of one view and a second view of the scene: the same clusters as
+    scoring every pair in full; the cache holds final scores only (no
+    screen's NaN), so a second run scores nothing."""
+    import sqlite3
+
+    from clusterimg.api import cluster
+    from clusterimg.engine import scoring
+
+    wall = gray(data.coffee())
+    board = cv2.resize(gray(data.astronaut()), (220, 220), interpolation=cv2.INTER_AREA)
+    first, second = two_views(wall, board, turn_deg=10, step=0.5)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name, image in [("a_view.png", first), ("b_copy.png", cv2.resize(first, None, fx=0.8, fy=0.8)),
+                        ("c_other_view.png", second), ("d_chess.png", chessboard(1)[0]),
+                        ("e_unrelated.png", data.camera())]:
+        cv2.imwrite(str(folder / name), image)
+    clusters = {}
+    for screens in (False, True):
+        monkeypatch.setattr(Scene, "screens", screens)
+        result = cluster(folder, method="scene", workers=1, cache=tmp_path / f"cache{screens}")
+        clusters[screens] = [sorted(c.members) for c in result.clusters]
+    assert clusters[True] == clusters[False] == [["a_view.png", "b_copy.png", "c_other_view.png"]]
+    again = cluster(folder, method="scene", workers=1, cache=tmp_path / "cacheTrue")
+    assert again.counts["pairs_scored"] == 0 and [sorted(c.members) for c in again.clusters] == clusters[True]
+    monkeypatch.setattr(scoring, "MIN_PAIRS_FOR_POOL", 1)  # screen and score in two worker processes
+    pooled = cluster(folder, method="scene", workers=2, cache=False)
+    assert [sorted(c.members) for c in pooled.clusters] == clusters[True]
+    (db,) = [p for p in (tmp_path / "cacheTrue").rglob("*") if p.suffix in (".sqlite", ".db", ".sqlite3")]
+    scores = [s for (s,) in sqlite3.connect(db).execute("SELECT score FROM scores")]
+    assert scores and not np.isnan(scores).any()

@@ -82,13 +82,17 @@ class PairScorer:
         self.close()
 
     # -- scoring ---------------------------------------------------------------
-    def score(self, stacked, members: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-        """Scores of pairs (i, j) of positions in ``stacked``, whose images are ``members``."""
+    def score(self, stacked, members: np.ndarray, i: np.ndarray, j: np.ndarray, screen: bool = False) -> np.ndarray:
+        """Scores of pairs (i, j) of positions in ``stacked``, whose images
+        are ``members``. With ``screen``, the backend's screen replaces its
+        score: a pair it leaves open comes back NaN and is neither stored nor
+        remembered (stored and remembered scores are final, and are used)."""
         members = np.asarray(members, dtype=np.int64)
         i, j = np.asarray(i, dtype=np.int64), np.asarray(j, dtype=np.int64)
         if self.cache is None and not self.remember:
-            self.computed += len(i)
-            return np.asarray(self.method.score(_resolve(stacked), i, j), dtype=np.float64)
+            scores = np.asarray(_scoring(self.method, screen)(_resolve(stacked), i, j), dtype=np.float64)
+            self.computed += int(np.count_nonzero(~np.isnan(scores)))
+            return scores
         gi, gj = members[i], members[j]
         out = np.empty(len(i), dtype=np.float64)
         missing, pair_keys, memo_keys = [], [], []
@@ -115,45 +119,48 @@ class PairScorer:
             return out
         missing_arr = np.asarray(missing, dtype=np.int64)
         for start, fresh in self._score_missing(stacked, i[missing_arr], j[missing_arr],
-                                                gi[missing_arr], gj[missing_arr]):
+                                                gi[missing_arr], gj[missing_arr], screen):
             stop = start + len(fresh)
             out[missing_arr[start:stop]] = fresh
-            self.computed += len(fresh)
+            final = ~np.isnan(fresh)
+            self.computed += int(final.sum())
             if self.remember:
-                self.memo.update(zip(memo_keys[start:stop], fresh.tolist()))
+                self.memo.update((m, v) for m, v, ok in zip(memo_keys[start:stop], fresh.tolist(), final) if ok)
             if self.cache is not None:
-                keep = [(key, float(v)) for key, v in zip(pair_keys[start:stop], fresh) if key is not None]
+                keep = [(key, float(v)) for key, v, ok in zip(pair_keys[start:stop], fresh, final)
+                        if key is not None and ok]
                 self.known.update(keep)
                 self.cache.put_scores([k[0] for k, _ in keep], [k[1] for k, _ in keep], [v for _, v in keep])
         return out
 
-    def _score_missing(self, stacked, i, j, gi, gj):
+    def _score_missing(self, stacked, i, j, gi, gj, screen: bool):
         """Yield (offset, scores) for consecutive pieces of the pairs, in order:
         (i, j) positions in ``stacked`` for the main process, (gi, gj) global
         indices for the workers."""
         if self._parallel(len(i)):
-            yield from self._score_in_workers(gi, gj)
+            yield from self._score_in_workers(gi, gj, screen)
             return
         # Small pieces, each stored as soon as it is done: Ctrl-C in a slow
         # backend then loses at most one piece.
         piece = SCORE_PIECE if self.cache is not None else max(len(i), 1)
-        stacked = _resolve(stacked)
+        stacked, scoring = _resolve(stacked), _scoring(self.method, screen)
         for start in range(0, len(i), piece):
-            yield start, np.asarray(self.method.score(stacked, i[start:start + piece], j[start:start + piece]),
+            yield start, np.asarray(scoring(stacked, i[start:start + piece], j[start:start + piece]),
                                     dtype=np.float64)
 
     def _parallel(self, count: int) -> bool:
         return (self.workers > 1 and self.features is not None and count >= MIN_PAIRS_FOR_POOL
                 and bool(getattr(self.method, "parallel_scores", False)))
 
-    def _score_in_workers(self, gi: np.ndarray, gj: np.ndarray):
+    def _score_in_workers(self, gi: np.ndarray, gj: np.ndarray, screen: bool):
         # Pieces small enough to keep both workers busy to the end of the call,
         # large enough that a round trip is negligible next to the scoring.
         piece = int(np.clip(len(gi) // (self.workers * 8), 16, SCORE_PIECE))
         starts = list(range(0, len(gi), piece))
         try:
             pool = self._start_pool()
-            results = pool.map(_score_in_worker, [gi[s:s + piece] for s in starts], [gj[s:s + piece] for s in starts])
+            results = pool.map(_score_in_worker, [gi[s:s + piece] for s in starts], [gj[s:s + piece] for s in starts],
+                               [screen] * len(starts))
             for start, fresh in zip(starts, results):
                 yield start, np.asarray(fresh, dtype=np.float64)
         except BaseException as e:
@@ -190,7 +197,7 @@ class PairScorer:
     def score_fn(self, stacked, members: Sequence[int]):
         """A ``find_pairs`` score_fn for a stack of the images ``members``."""
         members = np.asarray(members, dtype=np.int64)
-        return lambda i, j: self.score(stacked, members, i, j)
+        return lambda i, j, screen=False: self.score(stacked, members, i, j, screen)
 
     def score_global(self, features: Sequence[Feature], i: np.ndarray, j: np.ndarray) -> np.ndarray:
         """Scores of pairs of global indices (``features`` is every image's feature)."""
@@ -213,6 +220,10 @@ class _LazyStack:
         if self.built is None:
             self.built = self.method.stack(self.features)
         return self.built
+
+
+def _scoring(method: Method, screen: bool):
+    return method.screen if screen else method.score
 
 
 def _resolve(stacked):
@@ -294,6 +305,5 @@ def _ready(_: int) -> bool:
     return True
 
 
-def _score_in_worker(i: np.ndarray, j: np.ndarray) -> np.ndarray:
-    method = _worker_state["method"]
-    return np.asarray(method.score(_worker_state["stacked"], i, j), dtype=np.float64)
+def _score_in_worker(i: np.ndarray, j: np.ndarray, screen: bool = False) -> np.ndarray:
+    return np.asarray(_scoring(_worker_state["method"], screen)(_worker_state["stacked"], i, j), dtype=np.float64)

@@ -13,7 +13,9 @@ import numpy as np
 from clusterimg.features.base import Method
 from clusterimg.progress import NoBar
 
-ScoreFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+# score_fn(i, j) -> scores; called as score_fn(i, j, screen=True) for the
+# screen of a backend that ``screens``.
+ScoreFn = Callable[..., np.ndarray]
 # Called with the number of pairs about to be scored; returns an object with
 # update(k) usable as a context manager (a tqdm bar, or a no-op).
 BarFactory = Callable[[int], "object"]
@@ -114,15 +116,18 @@ def find_pairs(
 
     ``group`` (optional, one id per feature) excludes pairs within a group:
     the merge stage uses it to skip pairs its batches already compared.
-    ``score_fn`` replaces the backend's scoring (the pipeline's cache uses it).
-    ``joined`` (a union-find over the ``n`` features, optional) is for
-    backends whose scores are costly: a pair whose images it already holds in
-    one set is not scored, and the pairs found are joined into it as they
-    come, chunk by chunk, each image's nearest candidates first. The sets it
-    ends with are those that scoring every candidate would give (a skipped
-    pair could only join what is joined already); fewer pairs are returned.
+    ``score_fn(i, j, screen=False)`` replaces the backend's scoring (the
+    pipeline's cache uses it). ``joined`` (a union-find over the ``n``
+    features, optional) is for backends whose scores are costly: a pair whose
+    images it already holds in one set is not scored, and the pairs found are
+    joined into it as they come, chunk by chunk, each image's nearest
+    candidates first. The sets it ends with are those that scoring every
+    candidate would give (a skipped pair could only join what is joined
+    already); fewer pairs are returned. With ``joined``, a backend that
+    ``screens`` has every candidate screened first and only the pairs the
+    screen leaves open, between images still apart, scored in full.
     """
-    score_fn = score_fn or (lambda a, b: method.score(stacked, a, b))
+    score_fn = score_fn or (lambda a, b, screen=False: (method.screen if screen else method.score)(stacked, a, b))
     proposed = None if exhaustive else method.candidates(stacked, floor)
     chunk = getattr(method, "score_chunk", CHUNK)  # pairs per scoring call and progress step
     if proposed is None:
@@ -130,24 +135,40 @@ def find_pairs(
         pieces: Iterator = all_pairs(n, chunk)
     else:
         total, pieces = rounds(proposed, n, chunk)
-    keep_i, keep_j, keep_s = [], [], []
+    screening = joined is not None and getattr(method, "screens", False)
+    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    open_i, open_j = [], []  # pairs the screen left to the full score, in order
+
+    def score(i, j, screen: bool) -> int:
+        """Score pairs (skipping those within a group or already joined),
+        keep the hits; returns how many the screen left open."""
+        if group is not None:
+            keep = group[i] != group[j]
+            i, j = i[keep], j[keep]
+        if joined is not None:
+            keep = np.fromiter((joined.find(a) != joined.find(b) for a, b in zip(i.tolist(), j.tolist())),
+                               dtype=bool, count=len(i))
+            i, j = i[keep], j[keep]
+        if not len(i):
+            return 0
+        s = np.asarray(score_fn(i, j, screen=True) if screen else score_fn(i, j), dtype=np.float64)
+        later = np.isnan(s) if screen else np.zeros(len(s), dtype=bool)
+        if later.any():
+            open_i.append(i[later]), open_j.append(j[later])
+            i, j, s = i[~later], j[~later], s[~later]
+        hit = s >= floor
+        found.append((i[hit], j[hit], s[hit]))
+        if joined is not None:
+            joined.union_pairs(i[hit], j[hit])
+        return int(later.sum())
+
     with (bar or NoBar)(total) as shown:
         for i, j in pieces:
-            scored = len(i)
-            wanted = np.ones(len(i), dtype=bool)
-            if group is not None:
-                wanted &= group[i] != group[j]
-            if joined is not None:
-                wanted &= np.fromiter((joined.find(a) != joined.find(b) for a, b in zip(i.tolist(), j.tolist())),
-                                      dtype=bool, count=len(i))
-            i, j = i[wanted], j[wanted]
-            if len(i):
-                s = np.asarray(score_fn(i, j), dtype=np.float64)
-                hit = s >= floor
-                keep_i.append(i[hit]), keep_j.append(j[hit]), keep_s.append(s[hit])
-                if joined is not None:
-                    joined.union_pairs(i[hit], j[hit])
-            shown.update(scored)
-    if not keep_i:
+            shown.update(len(i) - score(i, j, screening))
+        if open_i:
+            for i, j in chunks(np.concatenate(open_i), np.concatenate(open_j), chunk):
+                score(i, j, False)
+                shown.update(len(i))
+    if not found:
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)
-    return np.concatenate(keep_i), np.concatenate(keep_j), np.concatenate(keep_s)
+    return tuple(np.concatenate(parts) for parts in zip(*found))

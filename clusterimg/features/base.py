@@ -45,6 +45,9 @@ class Method(Configurable):
     # of them, and score() on a stack of all features must equal score() on a
     # stack of any subset (a stack that only gathers the features).
     parallel_scores: ClassVar[bool] = False
+    # Whether :meth:`screen` gives a cheap first look at pairs (a cascade whose
+    # first stage settles most of them).
+    screens: ClassVar[bool] = False
     # Pairs scored per call (and per step of the progress bar): thousands for
     # vectorised backends, a few hundred for those that take milliseconds a pair.
     score_chunk: ClassVar[int] = 4096
@@ -96,6 +99,14 @@ class Method(Configurable):
 
     def score(self, stacked: Any, i: np.ndarray, j: np.ndarray) -> np.ndarray:
         """Similarities in [0, 1] of the pairs (i[k], j[k]) of a stack."""
+        raise NotImplementedError
+
+    def screen(self, stacked: Any, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        """For a backend that ``screens``: each pair's score where a cheap
+        first stage settles it (the very value :meth:`score` gives), NaN
+        where only :meth:`score` can tell. The search screens every candidate
+        first and gives score() only the unsettled pairs between images the
+        settled ones have not already joined."""
         raise NotImplementedError
 
     def candidates(self, stacked: Any, floor: float) -> tuple[np.ndarray, ...] | None:

@@ -235,6 +235,7 @@ class Scene(Method):
     )
     cache_scores = True
     parallel_scores = True
+    screens = True
     score_chunk = 512
     feature_version = 3  # 3: orb's default features + a JPEG thumbnail; RootSIFT found lazily
 
@@ -267,10 +268,11 @@ class Scene(Method):
     def stack(self, features):
         return {"features": list(features), "bow": None, "sift": OrderedDict()}
 
-    def pair_score(self, a: dict, b: dict, sift=None) -> float:
+    def pair_score(self, a: dict, b: dict, sift=None, screen: bool = False) -> float:
         """Similarity of two features; the same whichever comes first.
         ``sift(feature)`` gives a feature's RootSIFT keypoints (default:
-        :meth:`sift`, computed again)."""
+        :meth:`sift`, computed again). With ``screen``, NaN for a pair that
+        needs the RootSIFT stage, which is then not run."""
         if tuple(a["key"]) > tuple(b["key"]):
             a, b = b, a
         if (np.array_equal(a["desc"], b["desc"]) and np.array_equal(a["points"], b["points"])
@@ -279,12 +281,20 @@ class Scene(Method):
         first, info = match(a, b, ORB_SIDE, ORB_FEATURES)
         if first >= ORB_THRESHOLD or not gate(info):
             return first
+        if screen:
+            return float("nan")
         sift = sift or self.sift
         inliers, _ = scene_verify(sift(a), sift(b))
         if inliers <= 0:
             return first
         # A pair stage 2 accepts scores above the default threshold, higher with more inliers.
         return float(ORB_THRESHOLD + (1 - ORB_THRESHOLD) * (1 - np.exp(-inliers / SCENE_SCALE)))
+
+    def screen(self, stacked, i, j):
+        """Stages 1 and 2 only: orb's score, or NaN where the gate sends the pair on."""
+        feats = stacked["features"]
+        return np.array([self.pair_score(feats[a], feats[b], screen=True) for a, b in zip(i.tolist(), j.tolist())],
+                        dtype=np.float64)
 
     def score(self, stacked, i, j):
         feats, memory = stacked["features"], stacked["sift"]
