@@ -20,6 +20,11 @@ ScoreFn = Callable[..., np.ndarray]
 # update(k) usable as a context manager (a tqdm bar, or a no-op).
 BarFactory = Callable[[int], "object"]
 CHUNK = 4096  # pairs scored per call: bounds memory, lets progress move
+# Pairs a screen left open are scored in full this many at a time: each
+# costs a tenth of a second or more, and a pair joined by one chunk spares
+# the later chunks' pairs between the same sets; two pieces per worker of
+# the scorer's pool (at least 16 pairs each) still keep two workers busy.
+OPEN_CHUNK = 32
 
 
 def all_pairs(n: int, chunk: int = CHUNK) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -166,7 +171,7 @@ def find_pairs(
         for i, j in pieces:
             shown.update(len(i) - score(i, j, screening))
         if open_i:
-            for i, j in chunks(np.concatenate(open_i), np.concatenate(open_j), chunk):
+            for i, j in chunks(np.concatenate(open_i), np.concatenate(open_j), OPEN_CHUNK):
                 score(i, j, False)
                 shown.update(len(i))
     if not found:
