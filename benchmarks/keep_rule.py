@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Which copy `dedupe --keep best` keeps, by the kind of edit named in the
-file (make_neardup names: g0003_orig.jpg, g0003_v3_border.jpg ...), with and
-without the bordered-copy rule. Nothing is moved: only plans are made.
+file (make_neardup names: g0003_orig.jpg, g0003_v3_border.jpg ...): with
+most pixels and the largest file alone, with the bordered-copy rule, and with
+the noisy-copy rule too (the default). Nothing is moved: only plans are made.
 
     clusterimg run ../shared/bench/dev/images --out /tmp/dev_orb --transfer none -q
     python3 benchmarks/keep_rule.py /tmp/dev_orb
@@ -26,12 +27,17 @@ def main() -> None:
     ap.add_argument("out", type=Path, help="the output folder of a --transfer none run")
     args = ap.parse_args()
     manifest = json.loads((args.out / "clusters.json").read_text(encoding="utf-8"))
-    with_rule = kept_kinds(manifest, args.out)
-    dedupe.picture_facts = lambda path: (0.0, (1.0, 1.0))  # no borders seen: the plain "most pixels" rule
-    without = kept_kinds(manifest, args.out)
-    print(f"{sum(with_rule.values())} clusters; kept, by kind of copy")
-    print("most pixels only:    ", dict(without.most_common()))
-    print("bordered-copy rule:  ", dict(with_rule.most_common()))
+    both = kept_kinds(manifest, args.out)
+    noisy_copies = dedupe.noisy_copies
+    dedupe.noisy_copies = lambda *args: set()  # no copy counts as noisy
+    borders = kept_kinds(manifest, args.out)
+    dedupe.picture_facts = lambda path: (0.0, (1.0, 1.0))  # no borders seen either: "most pixels" alone
+    neither = kept_kinds(manifest, args.out)
+    dedupe.noisy_copies = noisy_copies
+    print(f"{sum(both.values())} clusters; kept, by kind of copy")
+    print("most pixels only:       ", dict(neither.most_common()))
+    print("+ bordered-copy rule:   ", dict(borders.most_common()))
+    print("+ noisy-copy rule:      ", dict(both.most_common()))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,11 @@ Which image a cluster keeps (``keep``):
   modification time, then the first path; a bordered copy (its picture,
   inside a flat frame, letterbox bars or a margin, has the size and shape
   of another member's whole frame) counts only its picture's pixels and
-  loses the tie with that member;
+  loses the tie with that member; and among the members tied on pixels, a
+  noisy copy (grain all over, even in its smoothest parts, that another
+  member without it lacks, and that is not explained by the other being
+  more compressed) loses to them: added noise makes a file larger, so the
+  file size alone would keep it;
 - ``largest``: the largest file (bytes), then most pixels, then the first path;
 - ``oldest`` / ``newest``: by modification time, then the first path;
 - ``representative``: the manifest's representative;
@@ -212,14 +216,86 @@ def bordered_copies(facts: list[Facts]) -> dict[str, Facts]:
         area, aspect = f.pixels * fw * fh, f.aspect * fw / fh
         for g in facts:
             same_area = abs(area - g.pixels) <= SAME_AREA * g.pixels
-            if g is not f and g.aspect and same_area and abs(aspect - g.aspect) <= SAME_ASPECT * g.aspect:
+            # A frame no larger than the other's is no border added around it
+            # (a thin dark line along an original's edge, smeared in a blurred copy).
+            if (g is not f and g.aspect and f.pixels > g.pixels and same_area
+                    and abs(aspect - g.aspect) <= SAME_ASPECT * g.aspect):
                 found[f.path] = g
                 break
     return found
 
 
-def choose(facts: list[Facts], rule: str, representative: str | None = None) -> str:
-    """The manifest path of the member kept by ``rule``."""
+# The high-pass residual (a 3x3 kernel that is blind to planes, Immerkaer's
+# noise estimator) averaged over BLOCK x BLOCK pixel blocks: its low
+# percentile is the grain of the image's smoothest parts, its high one the
+# detail of its busiest. On ../shared/bench/dev (benchmarks/keep_rule.py)
+# every noise copy has at least 1.6 grey levels more grain than its
+# original; no other kind of copy (blur, tone, JPEG, crops) more than 0.1.
+BLOCK = 16
+NOISE_KERNEL = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
+NOISE_SCALE = float(np.sqrt(np.pi / 2) / 6)  # mean |residual| of Gaussian noise -> its sigma
+GRAIN_MARGIN = 1.25  # grey levels of grain beyond the other member's
+GRAIN_RATIO = 1.3  # and grain / detail this many times the other's: noise, not a sharper picture
+FLAT_BLOCK = 0.05  # blocks of less residual are flat, not smooth: left out
+COMPRESSION_SLACK = 1.25  # the other member's JPEG steps at most this many times ours
+
+
+def grain(file: str | os.PathLike) -> tuple[float, float, float] | None:
+    """(grain, detail, compression) of an image file at its own resolution
+    (halved above 4096 px): the noise sigma estimate of its smoothest 10 %
+    of blocks and of its busiest 10 %, and the mean step of its JPEG
+    luminance quantisation table (0 for other formats). None if it cannot
+    be read."""
+    import cv2
+    from PIL import Image
+
+    from clusterimg.images import load_image
+
+    try:
+        with Image.open(file) as im:
+            tables = getattr(im, "quantization", None) or {}
+        gray = load_image(file, max_side=4096, gray=True).astype(np.float32)
+    except Exception:
+        return None
+    h, w = (gray.shape[0] - 2) // BLOCK * BLOCK, (gray.shape[1] - 2) // BLOCK * BLOCK
+    if h < BLOCK or w < BLOCK:
+        return None
+    residual = np.abs(cv2.filter2D(gray, -1, NOISE_KERNEL, borderType=cv2.BORDER_REFLECT))[1:1 + h, 1:1 + w]
+    blocks = residual.reshape(h // BLOCK, BLOCK, w // BLOCK, BLOCK).mean(axis=(1, 3)) * NOISE_SCALE
+    # Numerically flat blocks (a border, a caption bar, blown-out sky) hold
+    # no picture and no grain: they would make any member look grainier.
+    blocks = blocks[blocks >= FLAT_BLOCK]
+    if not len(blocks):
+        return 0.0, 0.0, 0.0
+    compression = float(np.mean(tables[0])) if 0 in tables else 0.0
+    return float(np.percentile(blocks, 10)), float(np.percentile(blocks, 90)), compression
+
+
+def noisier(a: tuple[float, float, float], b: tuple[float, float, float]) -> bool:
+    """Whether an image measured ``a`` (:func:`grain`) is a noisy copy next
+    to one measured ``b``: clearly more grain in its smoothest parts, more
+    grain for its detail (a sharper picture has more of both alike), and
+    ``b`` not more compressed (JPEG smooths flat parts away)."""
+    (grain_a, detail_a, steps_a), (grain_b, detail_b, steps_b) = a, b
+    return (grain_a > grain_b + GRAIN_MARGIN and grain_a / max(detail_a, 1e-3) > GRAIN_RATIO * grain_b / max(detail_b, 1e-3)
+            and steps_b <= COMPRESSION_SLACK * steps_a + 0.5)
+
+
+def noisy_copies(tied: list[Facts], measure: Callable[[Facts], Any], bordered=()) -> set[str]:
+    """Paths of the members of ``tied`` (a pixel tie) that are noisy copies
+    next to another of them that is not in ``bordered``."""
+    if len(tied) < 2:
+        return set()
+    known = {f.path: m for f in tied if (m := measure(f)) is not None}
+    return {p for p, m in known.items()
+            if any(noisier(m, o) for q, o in known.items() if q != p and q not in bordered)}
+
+
+def choose(facts: list[Facts], rule: str, representative: str | None = None,
+           measure: Callable[[Facts], Any] | None = None) -> str:
+    """The manifest path of the member kept by ``rule``. ``measure(fact)``
+    gives a member's :func:`grain` (default: read from ``fact.file``); it
+    is only called for members tied on pixels under ``best``."""
     if rule == "representative":
         if representative is None or representative not in {f.path for f in facts}:
             raise ValueError("cluster has no representative among its members")
@@ -227,9 +303,15 @@ def choose(facts: list[Facts], rule: str, representative: str | None = None) -> 
     if rule == "best":
         bordered = bordered_copies(facts)
 
+        def pixels(f: Facts) -> int:
+            return min(f.pixels, bordered[f.path].pixels) if f.path in bordered else f.pixels
+
+        most = max(pixels(f) for f in facts)
+        noisy = noisy_copies([f for f in facts if pixels(f) == most],
+                             measure or (lambda f: grain(f.file) if f.file else None), bordered)
+
         def rank(f: Facts) -> tuple:
-            pixels = min(f.pixels, bordered[f.path].pixels) if f.path in bordered else f.pixels
-            return -pixels, f.path in bordered, -f.size, f.mtime_ns, f.path
+            return -pixels(f), f.path in noisy, f.path in bordered, -f.size, f.mtime_ns, f.path
 
         return min(facts, key=rank).path
     keys: dict[str, Callable[[Facts], tuple]] = {

@@ -436,3 +436,53 @@ def test_best_keeps_the_original_over_a_bordered_copy_with_more_pixels(tmp_path)
     plan = dd.plan_dedupe(manifest, out, keep="best")
     assert plan.kept[0][1] == "s0/original.jpg"
     assert dd.pixel_count(root / "s0/original_border.jpg") > dd.pixel_count(root / "s0/original.jpg")
+
+
+def noisy_set(tmp_path: Path):
+    """make_set's one cluster plus an original (JPEG 92, textured on one
+    half, smooth on the other), its noisy copy
+    (Gaussian noise, sigma 8, JPEG 90: the largest file), a re-save at JPEG
+    50 and a blurred copy, all of the original's size."""
+    from PIL import ImageFilter
+
+    import cv2
+
+    root, out, manifest = make_set(tmp_path, clusters=1, per=1, outliers=0)
+    # a photo has detail somewhere (here: fine texture on its left half) and smooth parts
+    texture = cv2.GaussianBlur(np.random.default_rng(1).normal(0, 60, (360, 240)).astype(np.float32), (0, 0), 1.0)
+    pixels = np.asarray(make_photo(0).resize((480, 360))).astype(np.float32)
+    pixels[:, :240] += texture[..., None]
+    base = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    noise = np.random.default_rng(0).normal(0, 8, (360, 480, 1))
+    write_photo(root / "s0/original.jpg", base, quality=92)
+    write_photo(root / "s0/noisy.jpg", Image.fromarray(np.clip(np.asarray(base) + noise, 0, 255).astype(np.uint8)),
+                quality=90)
+    write_photo(root / "s0/resaved.jpg", base, quality=50)
+    write_photo(root / "s0/blurred.jpg", base.filter(ImageFilter.GaussianBlur(1.5)), quality=92)
+    manifest["clusters"][0]["members"] += [{"path": f"s0/{n}.jpg", "output": None, "score": 0.9}
+                                           for n in ("original", "noisy", "resaved", "blurred")]
+    return root, out, manifest
+
+
+def test_a_noisy_copy_is_told_from_a_resaved_or_blurred_one(tmp_path):
+    root, _, _ = noisy_set(tmp_path)
+    g = {n: dd.grain(root / f"s0/{n}.jpg") for n in ("original", "noisy", "resaved", "blurred")}
+    assert dd.noisier(g["noisy"], g["original"])
+    # less grain in the copy is smoothing (JPEG, blur), which never makes the original the noisy one
+    assert not dd.noisier(g["original"], g["resaved"]) and not dd.noisier(g["original"], g["blurred"])
+    assert g["resaved"][2] > g["original"][2] > 0  # coarser JPEG steps are seen
+    assert dd.grain(root / "missing.jpg") is None
+
+
+def test_best_keeps_the_original_over_its_noisy_copy_in_dedupe_and_report(tmp_path):
+    from clusterimg.report import build_report
+
+    from report_fixture import page_data
+
+    root, out, manifest = noisy_set(tmp_path)
+    sizes = {n: (root / f"s0/{n}.jpg").stat().st_size for n in ("original", "noisy", "resaved", "blurred")}
+    assert max(sizes, key=sizes.get) == "noisy"  # the file size alone would keep the noisy copy
+    (out / "clusters.json").write_text(json.dumps(manifest), encoding="utf-8")
+    assert dd.plan_dedupe(manifest, out, keep="best").kept[0][1] == "s0/original.jpg"
+    shown = page_data(build_report(out))["clusters"][0]["m"]
+    assert [m[0] for m in shown if m[9]] == ["s0/original.jpg"]  # the report ticks the same member

@@ -26,7 +26,7 @@ from typing import Any
 from urllib.parse import quote
 
 from clusterimg.atomic import atomic_file
-from clusterimg.dedupe import Facts, choose, input_file, load_manifest, read_journal
+from clusterimg.dedupe import Facts, choose, grain, input_file, load_manifest, read_journal
 from clusterimg.output import write_json_atomic
 from clusterimg.progress import no_bar
 from clusterimg.report.assets import CSS, JS
@@ -273,7 +273,8 @@ def build_report(out_dir: Path, manifest: dict | None = None, *, workers: int = 
         known = [Facts(p, "", info[p]["size"] or 0, info[p]["mtime"] or 0, (r[3] or 0) * (r[4] or 0),
                        (r[3] or 0) / (r[4] or 1), r[8])
                  for p, r in rows.items()]
-        kept = choose(known, "best") if known else None
+        kept = choose(known, "best", measure=lambda f: grain(info[f.path]["src"]) if info[f.path]["src"] else None
+                      ) if known else None
         members = []
         for m in sorted(c["members"], key=lambda m: (m["path"] != c.get("representative"), m["path"])):
             thumb, w, h, ow, oh, size, href, reason, _ = rows[m["path"]]
