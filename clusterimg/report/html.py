@@ -267,14 +267,16 @@ def build_report(out_dir: Path, manifest: dict | None = None, *, workers: int = 
         box = tuple(t.get("pb", (1.0, 1.0)))
         return thumb, t.get("w"), t.get("h"), t.get("ow"), t.get("oh"), i["size"], href, reason, box
 
+    def grain_of(f: Facts):  # what dedupe's noisy-copy rule reads, from the source file
+        return grain(info[f.path]["src"]) if info[f.path]["src"] is not None else None
+
     clusters = []
     for c in manifest.get("clusters", []):
         rows = {m["path"]: facts(m["path"]) for m in c["members"]}
         known = [Facts(p, "", info[p]["size"] or 0, info[p]["mtime"] or 0, (r[3] or 0) * (r[4] or 0),
                        (r[3] or 0) / (r[4] or 1), r[8])
                  for p, r in rows.items()]
-        kept = choose(known, "best", measure=lambda f: grain(info[f.path]["src"]) if info[f.path]["src"] else None
-                      ) if known else None
+        kept = choose(known, "best", measure=grain_of) if known else None
         members = []
         for m in sorted(c["members"], key=lambda m: (m["path"] != c.get("representative"), m["path"])):
             thumb, w, h, ow, oh, size, href, reason, _ = rows[m["path"]]
