@@ -474,7 +474,7 @@ def test_a_noisy_copy_is_told_from_a_resaved_or_blurred_one(tmp_path):
     assert dd.grain(root / "missing.jpg") is None
 
 
-def test_best_keeps_the_original_over_its_noisy_copy_in_dedupe_and_report(tmp_path):
+def test_best_keeps_the_original_over_its_noisy_copy_in_dedupe_and_report(tmp_path, monkeypatch):
     from clusterimg.report import build_report
 
     from report_fixture import page_data
@@ -486,3 +486,10 @@ def test_best_keeps_the_original_over_its_noisy_copy_in_dedupe_and_report(tmp_pa
     assert dd.plan_dedupe(manifest, out, keep="best").kept[0][1] == "s0/original.jpg"
     shown = page_data(build_report(out))["clusters"][0]["m"]
     assert [m[0] for m in shown if m[9]] == ["s0/original.jpg"]  # the report ticks the same member
+    # built again, the report reads the grain it measured from its thumbnail index
+    from clusterimg.report import html as report_html
+
+    calls = []
+    monkeypatch.setattr(report_html, "grain", lambda file: calls.append(file) or dd.grain(file))
+    shown = page_data(build_report(out))["clusters"][0]["m"]
+    assert [m[0] for m in shown if m[9]] == ["s0/original.jpg"] and calls == []

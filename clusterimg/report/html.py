@@ -267,8 +267,20 @@ def build_report(out_dir: Path, manifest: dict | None = None, *, workers: int = 
         box = tuple(t.get("pb", (1.0, 1.0)))
         return thumb, t.get("w"), t.get("h"), t.get("ow"), t.get("oh"), i["size"], href, reason, box
 
-    def grain_of(f: Facts):  # what dedupe's noisy-copy rule reads, from the source file
-        return grain(info[f.path]["src"]) if info[f.path]["src"] is not None else None
+    measured = []
+
+    def grain_of(f: Facts):
+        """What dedupe's noisy-copy rule reads, from the source file, kept in
+        the thumbnail index (a full decode: worth not doing again)."""
+        i = info[f.path]
+        entry = index.get(i["thumb"] or "")
+        if entry is not None and "gr" in entry:
+            return tuple(entry["gr"]) if entry["gr"] else None
+        found = grain(i["src"]) if i["src"] is not None else None
+        if entry is not None and "error" not in entry:
+            entry["gr"] = list(found) if found else None
+            measured.append(f.path)
+        return found
 
     clusters = []
     for c in manifest.get("clusters", []):
@@ -283,6 +295,8 @@ def build_report(out_dir: Path, manifest: dict | None = None, *, workers: int = 
             members.append([m["path"], m.get("score"), thumb, w, h, ow, oh, size, href,
                             m["path"] == kept, m["path"] == c.get("representative"), reason])
         clusters.append({"id": c["id"], "m": members})
+    if measured:
+        write_json_atomic(index_path, index)
     outliers = []
     for o in manifest.get("outliers", []):
         thumb, w, h, ow, oh, size, href, reason, _ = facts(o["path"])
