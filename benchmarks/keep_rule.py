@@ -28,12 +28,12 @@ def main() -> None:
     args = ap.parse_args()
     manifest = json.loads((args.out / "clusters.json").read_text(encoding="utf-8"))
     both = kept_kinds(manifest, args.out)
-    noisy_copies = dedupe.noisy_copies
-    dedupe.noisy_copies = lambda *args: set()  # no copy counts as noisy
+    least_noisy = dedupe.least_noisy
+    dedupe.least_noisy = lambda ranked, *args: ranked[0]  # no copy counts as noisy
     borders = kept_kinds(manifest, args.out)
     dedupe.picture_facts = lambda path: (0.0, (1.0, 1.0))  # no borders seen either: "most pixels" alone
     neither = kept_kinds(manifest, args.out)
-    dedupe.noisy_copies = noisy_copies
+    dedupe.least_noisy = least_noisy
     print(f"{sum(both.values())} clusters; kept, by kind of copy")
     print("most pixels only:       ", dict(neither.most_common()))
     print("+ bordered-copy rule:   ", dict(borders.most_common()))

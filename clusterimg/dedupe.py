@@ -283,14 +283,27 @@ def noisier(a: tuple[float, float, float], b: tuple[float, float, float]) -> boo
             and steps_b <= COMPRESSION_SLACK * steps_a + 0.5)
 
 
-def noisy_copies(tied: list[Facts], measure: Callable[[Facts], Any], bordered=()) -> set[str]:
-    """Paths of the members of ``tied`` (a pixel tie) that are noisy copies
-    next to another of them that is not in ``bordered``."""
-    if len(tied) < 2:
-        return set()
-    known = {f.path: m for f in tied if (m := measure(f)) is not None}
-    return {p for p, m in known.items()
-            if any(noisier(m, o) for q, o in known.items() if q != p and q not in bordered)}
+def least_noisy(ranked: list[Facts], measure: Callable[[Facts], Any], bordered=()) -> Facts:
+    """The first member of ``ranked`` (a pixel tie, in the order the other
+    keys give) that is no noisy copy next to another of them outside
+    ``bordered``; the first of all when every one is. Members are measured
+    only as far as needed: one whose grain is under GRAIN_MARGIN can be no
+    noisy copy, so most ties cost one measurement."""
+    known: dict[str, Any] = {}
+
+    def grain_of(f: Facts):
+        if f.path not in known:
+            known[f.path] = measure(f)
+        return known[f.path]
+
+    for f in ranked:
+        mine = grain_of(f)
+        if mine is None or mine[0] <= GRAIN_MARGIN:
+            return f
+        others = (grain_of(g) for g in ranked if g is not f and g.path not in bordered)
+        if not any(other is not None and noisier(mine, other) for other in others):
+            return f
+    return ranked[0]
 
 
 def choose(facts: list[Facts], rule: str, representative: str | None = None,
@@ -308,14 +321,12 @@ def choose(facts: list[Facts], rule: str, representative: str | None = None,
         def pixels(f: Facts) -> int:
             return min(f.pixels, bordered[f.path].pixels) if f.path in bordered else f.pixels
 
-        most = max(pixels(f) for f in facts)
-        noisy = noisy_copies([f for f in facts if pixels(f) == most],
-                             measure or (lambda f: grain(f.file) if f.file else None), bordered)
-
         def rank(f: Facts) -> tuple:
-            return -pixels(f), f.path in noisy, f.path in bordered, -f.size, f.mtime_ns, f.path
+            return -pixels(f), f.path in bordered, -f.size, f.mtime_ns, f.path
 
-        return min(facts, key=rank).path
+        ranked = sorted(facts, key=rank)
+        tied = [f for f in ranked if pixels(f) == pixels(ranked[0])]
+        return least_noisy(tied, measure or (lambda f: grain(f.file) if f.file else None), bordered).path
     keys: dict[str, Callable[[Facts], tuple]] = {
         "largest": lambda f: (-f.size, -f.pixels, f.path),
         "oldest": lambda f: (f.mtime_ns, f.path),
