@@ -261,6 +261,7 @@ class PackedFeatures(Sequence):
     """The features written by :func:`pack_features`, read through memory maps."""
 
     def __init__(self, folder: str, layout: dict):
+        self.folder = folder  # shared by the workers: a backend may keep per-image results there too
         self.layout = layout
         self.flat = {n: np.load(os.path.join(folder, f"f_{n}.npy"), mmap_mode="r", allow_pickle=False)
                      for n in layout["fields"]}

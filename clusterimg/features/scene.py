@@ -36,6 +36,7 @@ visual words.
 """
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 
 import cv2
@@ -219,6 +220,32 @@ def sift_feature(thumb: np.ndarray, features: int) -> dict:
     return {"s_points": points, "s_desc": desc, "shape": np.array(gray.shape[:2], np.int64)}
 
 
+def shared_sift(folder: str | None, index: int, compute) -> dict:
+    """The RootSIFT keypoints of image ``index``: read from ``folder`` (the
+    scoring workers' shared folder) when another worker has found them
+    already, else ``compute()``d and left there for the others. Without this
+    every worker would describe an image its pairs need, up to once per
+    worker. Files are written whole (a temporary name, then renamed); a
+    folder that cannot be written only costs the sharing."""
+    if folder is None:
+        return compute()
+    path = os.path.join(folder, f"{index}.npz")
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            return {name: stored[name] for name in ("s_points", "s_desc", "shape")}
+    except (OSError, ValueError, KeyError):
+        pass
+    found = compute()
+    try:
+        os.makedirs(folder, exist_ok=True)
+        partial = os.path.join(folder, f".{index}.{os.getpid()}.npz")
+        np.savez(partial, **found)
+        os.replace(partial, path)
+    except OSError:
+        pass
+    return found
+
+
 def gate(info: dict) -> bool:
     """Whether a pair orb rejected is worth the RootSIFT stage."""
     return info.get("matches", 0) >= GATE_MATCHES
@@ -266,7 +293,12 @@ class Scene(Method):
         return sift_feature(feature["thumb"], self.params["scene_features"])
 
     def stack(self, features):
-        return {"features": list(features), "bow": None, "sift": OrderedDict()}
+        """The features, their bag of words (made when candidates are asked
+        for), the RootSIFT keypoints found so far, and, in the scoring
+        workers, the folder they share (see :func:`shared_sift`)."""
+        folder = getattr(features, "folder", None)
+        return {"features": list(features), "bow": None, "sift": OrderedDict(),
+                "shared": os.path.join(folder, "sift") if folder else None}
 
     def pair_score(self, a: dict, b: dict, sift=None, screen: bool = False) -> float:
         """Similarity of two features; the same whichever comes first.
@@ -303,7 +335,7 @@ class Scene(Method):
             if index in memory:
                 memory.move_to_end(index)
             else:
-                memory[index] = self.sift(feats[index])
+                memory[index] = shared_sift(stacked["shared"], index, lambda: self.sift(feats[index]))
                 if len(memory) > SIFT_MEMORY:
                     memory.popitem(last=False)
             return memory[index]
