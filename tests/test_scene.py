@@ -234,3 +234,28 @@ def test_screening_first_gives_the_clusters_of_full_scores_and_stores_only_final
     (db,) = [p for p in (tmp_path / "cacheTrue").rglob("*") if p.suffix in (".sqlite", ".db", ".sqlite3")]
     scores = [s for (s,) in sqlite3.connect(db).execute("SELECT score FROM scores")]
     assert scores and not np.isnan(scores).any()
+
+
+def test_workers_share_the_rootsift_keypoints_they_find(tmp_path):
+    """An image's RootSIFT keypoints are computed once and read back by the
+    next worker that needs them; a folder that cannot be written only costs
+    the sharing."""
+    from clusterimg.features.scene import shared_sift
+
+    method = get_method("scene")
+    feature = method.extract(gray(data.astronaut()))
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return method.sift(feature)
+
+    first = shared_sift(str(tmp_path / "sift"), 7, compute)
+    again = shared_sift(str(tmp_path / "sift"), 7, compute)
+    assert len(calls) == 1 and sorted(again) == sorted(first)
+    for name in first:
+        assert np.array_equal(again[name], first[name]) and again[name].dtype == first[name].dtype
+    assert [p.name for p in (tmp_path / "sift").iterdir()] == ["7.npz"]  # no partial file left
+    (tmp_path / "file").write_text("not a folder")
+    unshared = shared_sift(str(tmp_path / "file"), 7, compute)
+    assert len(calls) == 2 and np.array_equal(unshared["s_desc"], first["s_desc"])
