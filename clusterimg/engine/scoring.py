@@ -25,7 +25,8 @@ from clusterimg.features.base import Feature, Method
 # Pairs scored (and stored in the cache) at a time when a cache is in use.
 SCORE_PIECE = 256
 # Fewer missing pairs than this in one call are scored in the main process:
-# a round trip to the workers would cost more than it saves.
+# a round trip to the workers would cost more than it saves (a backend may
+# set its own ``min_pool_pairs``).
 MIN_PAIRS_FOR_POOL = 16
 
 
@@ -149,7 +150,8 @@ class PairScorer:
                                     dtype=np.float64)
 
     def _parallel(self, count: int) -> bool:
-        return (self.workers > 1 and self.features is not None and count >= MIN_PAIRS_FOR_POOL
+        fewest = getattr(self.method, "min_pool_pairs", None) or MIN_PAIRS_FOR_POOL
+        return (self.workers > 1 and self.features is not None and count >= fewest
                 and bool(getattr(self.method, "parallel_scores", False)))
 
     def _score_in_workers(self, gi: np.ndarray, gj: np.ndarray, screen: bool):

@@ -45,6 +45,10 @@ class Method(Configurable):
     # of them, and score() on a stack of all features must equal score() on a
     # stack of any subset (a stack that only gathers the features).
     parallel_scores: ClassVar[bool] = False
+    # Fewest pairs worth a round trip to the scoring workers (None: the
+    # engine's default, engine/scoring.py); 1 for a backend whose pair can
+    # cost a tenth of a second.
+    min_pool_pairs: ClassVar[int | None] = None
     # Whether :meth:`screen` gives a cheap first look at pairs (a cascade whose
     # first stage settles most of them).
     screens: ClassVar[bool] = False

@@ -263,6 +263,9 @@ class Scene(Method):
     cache_scores = True
     parallel_scores = True
     screens = True
+    # Even one pair goes to the workers: they share the RootSIFT keypoints
+    # found (the main process's stacks cannot) and one pair may need two.
+    min_pool_pairs = 1
     score_chunk = 512
     feature_version = 3  # 3: orb's default features + a JPEG thumbnail; RootSIFT found lazily
 
