@@ -228,9 +228,16 @@ def test_screening_first_gives_the_clusters_of_full_scores_and_stores_only_final
     assert clusters[True] == clusters[False] == [["a_view.png", "b_copy.png", "c_other_view.png"]]
     again = cluster(folder, method="scene", workers=1, cache=tmp_path / "cacheTrue")
     assert again.counts["pairs_scored"] == 0 and [sorted(c.members) for c in again.clusters] == clusters[True]
-    monkeypatch.setattr(scoring, "MIN_PAIRS_FOR_POOL", 1)  # screen and score in two worker processes
+    # with two workers even these few pairs are screened and scored in the
+    # workers (scene's min_pool_pairs), where RootSIFT keypoints are shared
+    sent = []
+    real = scoring.PairScorer._score_in_workers
+    monkeypatch.setattr(scoring.PairScorer, "_score_in_workers",
+                        lambda self, a, b, screen: sent.append((len(a), screen)) or real(self, a, b, screen))
     pooled = cluster(folder, method="scene", workers=2, cache=False)
     assert [sorted(c.members) for c in pooled.clusters] == clusters[True]
+    assert any(screen for _, screen in sent) and any(not screen for _, screen in sent)
+    assert min(n for n, _ in sent) < scoring.MIN_PAIRS_FOR_POOL
     (db,) = [p for p in (tmp_path / "cacheTrue").rglob("*") if p.suffix in (".sqlite", ".db", ".sqlite3")]
     scores = [s for (s,) in sqlite3.connect(db).execute("SELECT score FROM scores")]
     assert scores and not np.isnan(scores).any()
