@@ -87,10 +87,12 @@ HASH_BITS = {"phash": dct_bits, "dhash": difference_bits, "ahash": average_bits,
 
 
 def pack_words(bits: np.ndarray) -> np.ndarray:
-    """Booleans packed into uint64 words (zero padded), for popcount distances."""
-    padded = np.zeros(-(-bits.size // 64) * 64, dtype=bool)
-    padded[: bits.size] = bits
-    return np.packbits(padded).view(">u8").astype(np.uint64)
+    """Booleans packed into uint64 words (zero padded) along the last axis,
+    for popcount distances: one hash from a vector, one per row from a matrix."""
+    count = bits.shape[-1]
+    padded = np.zeros(bits.shape[:-1] + (-(-count // 64) * 64,), dtype=bool)
+    padded[..., :count] = bits
+    return np.packbits(padded, axis=-1).view(">u8").astype(np.uint64)
 
 
 def max_distance_for(floor: float, bits: int) -> int:
@@ -162,11 +164,7 @@ class PHash(Method):
         thumbs = np.stack([square_thumbnail(image, side) for image in images]).astype(np.float64)
         basis = dct_matrix(side)[:size]
         low = (basis @ thumbs @ basis.T).reshape(len(images), -1)
-        bits = low > np.median(low, axis=1, keepdims=True)
-        padded = np.zeros((len(images), -(-bits.shape[1] // 64) * 64), dtype=bool)
-        padded[:, : bits.shape[1]] = bits
-        words = np.packbits(padded, axis=1).view(">u8").astype(np.uint64)
-        return list(words)
+        return list(pack_words(low > np.median(low, axis=1, keepdims=True)))
 
     def stack(self, features):
         if len(features):
