@@ -403,9 +403,11 @@ def exact_copies(files: Sequence[str]) -> dict[int, int]:
         if size:
             by_size.setdefault(size, []).append(k)
     hashed = [k for same_size in by_size.values() if len(same_size) > 1 for k in same_size]
-    # Reading and hashing release the GIL: two threads read two files at once.
-    with ThreadPoolExecutor(2) as pool:
-        digests = dict(zip(hashed, pool.map(_content_digest, [files[k] for k in hashed])))
+    digests: dict[int, bytes | None] = {}
+    if hashed:  # most folders: no two files of one size, no thread to start
+        # Reading and hashing release the GIL: two threads read two files at once.
+        with ThreadPoolExecutor(2) as pool:
+            digests = dict(zip(hashed, pool.map(_content_digest, [files[k] for k in hashed])))
     twin_of: dict[int, int] = {}
     for same_size in by_size.values():
         if len(same_size) < 2:
