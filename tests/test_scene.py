@@ -11,7 +11,8 @@ from skimage import data
 
 from clusterimg.features import get_method
 from clusterimg.features.orb import match
-from clusterimg.features.scene import ORB_FEATURES, ORB_SIDE, Scene, gate, mutual_matches, near_translation, scene_verify
+from clusterimg.features.scene import (ORB_FEATURES, ORB_SIDE, Scene, embedding_cosine, gate, mutual_matches,
+                                       near_translation, scene_verify)
 
 
 def gray(rgb: np.ndarray) -> np.ndarray:
@@ -89,7 +90,7 @@ def test_viewpoint_change_of_a_3d_scene_matches(method):
     # orb's stage rejects this pair (its inliers lie on the near board only),
     # the gate lets it through, and the RootSIFT stage accepts it
     orb_score, orb_info = match(method.extract(first), method.extract(second), ORB_SIDE, ORB_FEATURES)
-    assert orb_score < method.default_threshold and gate(orb_info)
+    assert orb_score < method.default_threshold and gate(orb_info, 0.0, method.params["embed_gate"])
     assert score(method, first, second) >= method.default_threshold
     # the scene is not one plane: the fundamental matrix carries the evidence
     inliers, info = scene_verify(method.sift(method.extract(first)), method.sift(method.extract(second)))
@@ -154,7 +155,9 @@ def test_gate_stops_unrelated_photos_before_sift(method):
     calls = []
     feats = [method.extract(gray(data.astronaut())), method.extract(gray(data.coffee()))]
     method.pair_score(feats[0], feats[1], sift=lambda f: calls.append(f) or method.sift(f))
-    assert not gate(match(feats[0], feats[1], ORB_SIDE, ORB_FEATURES)[1]) and calls == []
+    alike = embedding_cosine(feats[0], feats[1])
+    assert not gate(match(feats[0], feats[1], ORB_SIDE, ORB_FEATURES)[1], alike, method.params["embed_gate"])
+    assert calls == []
 
 
 def test_mutual_matches_agree_with_brute_force():

@@ -23,14 +23,17 @@ from clusterimg.images import load_image
 _EMBEDDERS: dict[tuple, object] = {}
 
 
-def _embedder(key: tuple):
+def embedder(key: tuple):
+    """The process's session for ``key`` = (model file or None for
+    EfficientNet-Lite0, input size, mean, std, output name, threads, folder of
+    the built model)."""
     emb = _EMBEDDERS.get(key)
     if emb is None:
-        from clusterimg.nn.efficientnet import Embedder
+        from clusterimg.nn.efficientnet import INPUT_SIZE, Embedder
 
         model, input_size, mean, std, output_name, threads, folder = key
         if model is None:
-            emb = Embedder.default(folder, threads=threads)
+            emb = Embedder.default(folder, threads=threads, input_size=input_size or INPUT_SIZE)
         else:
             emb = Embedder.from_onnx(model, input_size=input_size or None, mean=mean, std=std,
                                      output_name=output_name, threads=threads)
@@ -94,7 +97,7 @@ class CNN(VectorMethod):
                 identity = ef.file_sha256(p["model"])[:16]
                 # Load the user's model now, in the main process, so that a bad
                 # file is a one-line error before any image is read.
-                self.input_size = _embedder(self._key()).input_size
+                self.input_size = embedder(self._key()).input_size
         except ClusterimgError as e:
             raise ValueError(str(e))
         except OSError as e:
@@ -120,7 +123,7 @@ class CNN(VectorMethod):
     def extract_many(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         if not len(images):
             return []
-        emb = _embedder(self._key())
+        emb = embedder(self._key())
         out: list[np.ndarray] = []
         batch = self.params["batch"]
         for start in range(0, len(images), batch):

@@ -31,8 +31,15 @@ are computed from it the first time a gated pair needs them (and remembered
 for the rest of the run). The result is a pure function of the stored
 features, so it does not depend on the order of pairs or the worker count.
 
-Candidates are orb's: each image's ``candidates`` nearest by the bag of ORB
-visual words.
+Candidates come from two sources: each image's ``candidates`` nearest by the
+bag of ORB visual words (orb's), and its ``embed_candidates`` nearest by a
+small CNN embedding (EfficientNet-Lite0 on 160 px, the cnn backend's network).
+ORB words miss what changed most: a scene from 40 degrees further round, an
+object in clutter, where few ORB words survive; the embedding still puts such
+pairs among an image's first few neighbours. A pair whose embeddings agree
+(cosine >= ``embed_gate``) also passes the gate of step 2: an object
+photographed alone and in clutter keeps almost no ORB match at orb's
+resolution.
 """
 from __future__ import annotations
 
@@ -42,15 +49,21 @@ from collections import OrderedDict
 import cv2
 import numpy as np
 
+from clusterimg.engine.search import top_k_pairs
 from clusterimg.features.base import Method, Option, candidates_option
+from clusterimg.features.cnn import embedder
+from clusterimg.errors import ClusterimgError
 from clusterimg.images import load_image
 from clusterimg.features.orb import bag_of_words, match, nearest, orb_feature, plausible, spread, thumbnail
 
 ORB_FEATURES = 300  # stage 1: orb's default features and threshold
 ORB_SIDE = 384
 ORB_THRESHOLD = 0.63
-# Stage 2 only for pairs with at least this many ORB ratio-test matches.
+# Stage 2 only for pairs with at least this many ORB ratio-test matches (or
+# whose embeddings are at least ``--embed-gate`` alike).
 GATE_MATCHES = 20
+EMBED_SIZE = 160  # input side of the candidate embedding's network
+EMBED_BATCH = 8  # images per network call (a batch gives each image the same numbers as alone)
 THUMB_QUALITY = 95  # JPEG quality of the stored thumbnail SIFT is found on
 SIFT_MEMORY = 1024  # RootSIFT features remembered per process (about 130 kB each)
 
@@ -65,9 +78,23 @@ H_MIN_RATIO = 0.25
 F_MIN_INLIERS = 40
 F_MIN_RATIO = 0.35
 F_MIN_EXCESS = 25  # fundamental-matrix inliers beyond the homography's
+# ... and at least this share of them: a left view against the right view of
+# another moment of one room fits its static background by a fundamental
+# matrix with a few more inliers than a plane (about 30 % more); views of one
+# moment add the whole foreground.
+F_MIN_EXCESS_SHARE = 0.33
 MIN_COVERAGE = 8  # grid cells (of GRID * GRID) holding homography inliers, in both images
 F_MIN_COVERAGE = 6  # the same for the fundamental matrix's inliers
 SEED = 16
+# Object in clutter: a homography whose inliers fill one image (at least
+# OBJECT_COVERAGE grid cells and OBJECT_HULL of its area) and are a small part
+# of the other. The inliers must also be most of the matches: a fixed camera's
+# other shots (other poses of one chessboard) match a static background by
+# half their matches, never by OBJECT_COVERAGE cells of one image.
+OBJECT_COVERAGE = 10
+OBJECT_HULL = 0.35
+OBJECT_MIN_INLIERS = 25
+OBJECT_MIN_RATIO = 0.6
 # A homography whose linear part is this close to the identity, with no
 # perspective, is a shift of the frame.
 TRANSLATION_TOLERANCE = 0.04
@@ -136,6 +163,20 @@ def coverage(points: np.ndarray, shape) -> int:
     return len(np.unique(cy * GRID + cx))
 
 
+def hull_share(points: np.ndarray, shape) -> float:
+    """Share of an image of ``shape`` inside the convex hull of ``points``."""
+    if len(points) < 3:
+        return 0.0
+    hull = cv2.convexHull(np.ascontiguousarray(points, dtype=np.float32))
+    return float(cv2.contourArea(hull)) / max(shape[0] * shape[1], 1)
+
+
+def fills_one_image(points_a: np.ndarray, shape_a, points_b: np.ndarray, shape_b) -> bool:
+    """Whether inliers fill one of the two images (the object's own photo)."""
+    return any(coverage(p, shape) >= OBJECT_COVERAGE and hull_share(p, shape) >= OBJECT_HULL
+               for p, shape in ((points_a, shape_a), (points_b, shape_b)))
+
+
 def near_translation(h: np.ndarray) -> bool:
     """Whether homography ``h`` only shifts the image."""
     if not np.all(np.isfinite(h)) or abs(h[2, 2]) < 1e-12:
@@ -180,9 +221,12 @@ def scene_verify(a: dict, b: dict) -> tuple[int, dict]:
         # of a static background behind different foregrounds (other poses of
         # one chessboard, frames far apart): orb settles true copies of that
         # kind, so stage 2 does not accept it.
-        if (k >= H_MIN_INLIERS and k >= H_MIN_RATIO * n and cov >= MIN_COVERAGE and moved
-                and info["h_plausible"]):
-            best = k
+        if k >= H_MIN_INLIERS and k >= H_MIN_RATIO * n and moved and info["h_plausible"]:
+            if cov >= MIN_COVERAGE:
+                best = k
+            elif (k >= OBJECT_MIN_INLIERS and k >= OBJECT_MIN_RATIO * n
+                  and fills_one_image(src[keep], shape_a, dst[keep], shape_b)):
+                best = info["h_object"] = k
     if n >= F_MIN_INLIERS:
         cv2.setRNGSeed(SEED)
         f, mask = _robust(cv2.findFundamentalMat, src, dst, cv2.USAC_MAGSAC, F_PIXELS, 0.999, 2000)
@@ -195,7 +239,7 @@ def scene_verify(a: dict, b: dict) -> tuple[int, dict]:
             # 3-D evidence: inliers of the epipolar geometry beyond those of
             # the dominant plane (a static background fits both models alike).
             if (k >= F_MIN_INLIERS and k >= F_MIN_RATIO * n and cov >= F_MIN_COVERAGE
-                    and k - h_inliers >= F_MIN_EXCESS):
+                    and k - h_inliers >= max(F_MIN_EXCESS, F_MIN_EXCESS_SHARE * k)):
                 best = max(best, k - h_inliers)
     info["inliers"] = best
     return best, info
@@ -246,9 +290,15 @@ def shared_sift(folder: str | None, index: int, compute) -> dict:
     return found
 
 
-def gate(info: dict) -> bool:
-    """Whether a pair orb rejected is worth the RootSIFT stage."""
-    return info.get("matches", 0) >= GATE_MATCHES
+def gate(info: dict, alike: float, embed_gate: float) -> bool:
+    """Whether a pair orb rejected is worth the RootSIFT stage (``alike``:
+    the cosine of the pair's embeddings)."""
+    return info.get("matches", 0) >= GATE_MATCHES or alike >= embed_gate
+
+
+def embedding_cosine(a: dict, b: dict) -> float:
+    """Cosine of two features' (unit-length, float16) embeddings, in float64."""
+    return float(np.dot(a["embed"].astype(np.float64), b["embed"].astype(np.float64)))
 
 
 class Scene(Method):
@@ -259,6 +309,11 @@ class Scene(Method):
         Option("scene_side", int, 640, "scene: longest side in px of the thumbnail RootSIFT keypoints are found on"),
         Option("scene_features", int, 1000, "scene: RootSIFT keypoints per image"),
         candidates_option(10),
+        Option("embed_candidates", int, 3, "scene: nearest images per image by a CNN embedding that are also "
+                                           "compared (0: none; ORB words miss large viewpoint changes)",
+               changes_features=False),
+        Option("embed_gate", float, 0.4, "scene: pairs whose embeddings are this alike (cosine) get the RootSIFT "
+                                         "check even with few ORB matches (objects in clutter; lower: slower)"),
     )
     cache_scores = True
     parallel_scores = True
@@ -267,29 +322,66 @@ class Scene(Method):
     # found (the main process's stacks cannot) and one pair may need two.
     min_pool_pairs = 1
     score_chunk = 512
-    feature_version = 3  # 3: orb's default features + a JPEG thumbnail; RootSIFT found lazily
+    # 3: orb's default features + a JPEG thumbnail; RootSIFT found lazily. 4: + an embedding
+    feature_version = 4
 
     def check_params(self) -> None:
         if not 128 <= self.params["scene_side"] <= 2048:
             raise ValueError("--scene-side must be between 128 and 2048")
         if not 50 <= self.params["scene_features"] <= 5000:
             raise ValueError("--scene-features must be between 50 and 5000")
+        if self.params["embed_candidates"] < 0:
+            raise ValueError("--embed-candidates must be at least 0")
+        if not 0 < self.params["embed_gate"] <= 2:
+            raise ValueError("--embed-gate must be above 0 (above 1: never)")
         self.decode_side = max(self.params["scene_side"], ORB_SIDE)
+        from clusterimg.nn import efficientnet as ef
+
+        try:
+            # Built once here, not in every worker at once (as cnn does).
+            self.onnx_dir = str(ef.model_file(input_size=EMBED_SIZE).parent)
+        except ClusterimgError:
+            self.onnx_dir = None  # an unwritable cache folder: each process builds it in memory
 
     def decode(self, path) -> dict:
-        """The image decoded twice: as orb decodes it (so that stage 1 sees
-        orb's pixels and scores what orb scores) and at ``scene_side``."""
+        """The image decoded three times, each at a reduced JPEG scale: as orb
+        decodes it (so that stage 1 sees orb's pixels and scores what orb
+        scores), at ``scene_side``, and in colour for the embedding."""
         return {"orb": load_image(path, max_side=ORB_SIDE, gray=True),
-                "scene": load_image(path, max_side=self.params["scene_side"], gray=True)}
+                "scene": load_image(path, max_side=self.params["scene_side"], gray=True),
+                "colour": load_image(path, gray=False, min_side=self._embedder().resize_side)}
+
+    def _embedder(self):
+        return embedder((None, EMBED_SIZE, None, None, None, 1, self.onnx_dir))
 
     def extract(self, image) -> dict:
         """Features of what :meth:`decode` gives, or of one image array."""
-        orb_image, scene_image = (image["orb"], image["scene"]) if isinstance(image, dict) else (image, image)
-        orb_gray, gray = (np.ascontiguousarray(cv2.cvtColor(x, cv2.COLOR_RGB2GRAY) if x.ndim == 3 else x,
-                                               dtype=np.uint8) for x in (orb_image, scene_image))
-        feat = orb_feature(orb_gray, ORB_SIDE, ORB_FEATURES)
-        feat["thumb"] = encode_thumbnail(thumbnail(gray, self.params["scene_side"]) if gray.size else gray)
-        return feat
+        return self.extract_many([image])[0]
+
+    def extract_many(self, images) -> list[dict]:
+        if not len(images):
+            return []
+        images = [x if isinstance(x, dict) else {"orb": x, "scene": x, "colour": x} for x in images]
+        feats = []
+        for image in images:
+            orb_gray, gray = (np.ascontiguousarray(cv2.cvtColor(x, cv2.COLOR_RGB2GRAY) if x.ndim == 3 else x,
+                                                   dtype=np.uint8) for x in (image["orb"], image["scene"]))
+            feat = orb_feature(orb_gray, ORB_SIDE, ORB_FEATURES)
+            feat["thumb"] = encode_thumbnail(thumbnail(gray, self.params["scene_side"]) if gray.size else gray)
+            feats.append(feat)
+        for feat, vector in zip(feats, self._embed([image["colour"] for image in images])):
+            feat["embed"] = vector
+        return feats
+
+    def _embed(self, colour_images) -> np.ndarray:
+        """Unit-length embeddings (float16 rows; zeros for an empty image)."""
+        emb = self._embedder()
+        inputs = np.stack([emb.preprocess(x) if x.size else np.zeros((3, EMBED_SIZE, EMBED_SIZE), np.float32)
+                           for x in colour_images])
+        v = np.concatenate([emb.embed(inputs[k:k + EMBED_BATCH]) for k in range(0, len(inputs), EMBED_BATCH)])
+        v = v.astype(np.float64) / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+        v[[x.size == 0 for x in colour_images]] = 0
+        return v.astype(np.float16)
 
     def sift(self, feature: dict) -> dict:
         """The RootSIFT keypoints of a feature (computed from its thumbnail)."""
@@ -314,7 +406,7 @@ class Scene(Method):
                 and np.array_equal(a["thumb"], b["thumb"])):
             return 1.0 if len(a["desc"]) or len(a["thumb"]) else 0.0
         first, info = match(a, b, ORB_SIDE, ORB_FEATURES)
-        if first >= ORB_THRESHOLD or not gate(info):
+        if first >= ORB_THRESHOLD or not gate(info, embedding_cosine(a, b), self.params["embed_gate"]):
             return first
         if screen:
             return float("nan")
@@ -349,6 +441,14 @@ class Scene(Method):
         return out
 
     def candidates(self, stacked, floor):
+        """orb's candidates and each image's ``embed_candidates`` nearest by embedding."""
+        feats = stacked["features"]
         if stacked["bow"] is None:
-            stacked["bow"] = bag_of_words(stacked["features"])
-        return nearest(stacked["bow"], self.params["candidates"])
+            stacked["bow"] = bag_of_words(feats)
+        by_words = nearest(stacked["bow"], self.params["candidates"])
+        if not self.params["embed_candidates"] or len(feats) < 2:
+            return by_words
+        vectors = np.stack([f["embed"] for f in feats]).astype(np.float32)
+        by_embedding = top_k_pairs(lambda start, stop: vectors[start:stop] @ vectors.T, len(feats),
+                                   self.params["embed_candidates"], with_rank=True)
+        return tuple(np.concatenate(parts) for parts in zip(by_words, by_embedding))

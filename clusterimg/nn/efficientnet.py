@@ -244,9 +244,10 @@ def default_models_dir() -> Path:
     return default_cache_dir() / "models"
 
 
-def model_file(cache_dir: str | os.PathLike | None = None) -> Path:
-    """The built EfficientNet-Lite0 ``.onnx`` file in ``cache_dir`` (default: the
-    user cache folder's ``models/``), built first if it is not there yet.
+def model_file(cache_dir: str | os.PathLike | None = None, input_size: int = INPUT_SIZE) -> Path:
+    """The built EfficientNet-Lite0 ``.onnx`` file for ``input_size`` square
+    images in ``cache_dir`` (default: the user cache folder's ``models/``),
+    built first if it is not there yet.
 
     The name carries a hash of the weights and the builder version; the file is
     written to a temporary name and renamed, so a reader never sees half a file
@@ -256,10 +257,11 @@ def model_file(cache_dir: str | os.PathLike | None = None) -> Path:
 
     folder = Path(cache_dir) if cache_dir is not None else default_models_dir()
     weights = weights_path()
-    path = folder / f"efficientnet-lite0-{default_model_id()}.onnx"
+    size = "" if input_size == INPUT_SIZE else f"-{input_size}px"
+    path = folder / f"efficientnet-lite0-{default_model_id()}{size}.onnx"
     if path.is_file():
         return path
-    model = build_onnx(load_torch_state_dict(weights))
+    model = build_onnx(load_torch_state_dict(weights), input_size=input_size)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with atomic_file(path, prefix=".building-", suffix=".onnx") as f:
@@ -382,29 +384,34 @@ class Embedder:
 
     # -- constructors
     @classmethod
-    def default(cls, cache_dir: str | os.PathLike | None = None, threads: int = 1) -> "Embedder":
-        """EfficientNet-Lite0 (built and cached on first use; built in memory
-        when the cache folder cannot be written)."""
+    def default(cls, cache_dir: str | os.PathLike | None = None, threads: int = 1,
+                input_size: int = INPUT_SIZE) -> "Embedder":
+        """EfficientNet-Lite0 for ``input_size`` square images (built and cached
+        on first use; built in memory when the cache folder cannot be written)."""
         from clusterimg.nn.torch_weights import load_torch_state_dict
 
         def make(source):
-            return cls(source, input_size=INPUT_SIZE, mean=MEAN, std=STD, output_name="embedding",
-                       resize_side=RESIZE_SIDE, threads=threads, label="EfficientNet-Lite0")
+            return cls(source, input_size=input_size, mean=MEAN, std=STD, output_name="embedding",
+                       resize_side=RESIZE_SIDE * input_size // INPUT_SIZE, threads=threads,
+                       label="EfficientNet-Lite0")
+
+        def in_memory():
+            return make(build_onnx(load_torch_state_dict(weights_path()), input_size=input_size).SerializeToString())
 
         try:
-            path = model_file(cache_dir)
+            path = model_file(cache_dir, input_size)
         except ClusterimgError:
             weights_path()  # a missing package is the error to show
-            return make(build_onnx(load_torch_state_dict(weights_path())).SerializeToString())
+            return in_memory()
         try:
             return make(path)
         except ClusterimgError:
             # the cached file was damaged after it was written: build it again
             try:
                 path.unlink()
-                return make(model_file(cache_dir))
+                return make(model_file(cache_dir, input_size))
             except (OSError, ClusterimgError):
-                return make(build_onnx(load_torch_state_dict(weights_path())).SerializeToString())
+                return in_memory()
 
     @classmethod
     def from_onnx(cls, path: str | os.PathLike, input_size: int | None = None, mean=None, std=None,
