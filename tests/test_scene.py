@@ -11,8 +11,8 @@ from skimage import data
 
 from clusterimg.features import get_method
 from clusterimg.features.orb import match
-from clusterimg.features.scene import (ORB_FEATURES, ORB_SIDE, Scene, embedding_cosine, gate, mutual_matches,
-                                       near_translation, scene_verify)
+from clusterimg.features.scene import (GATE_MATCHES, MIN_COVERAGE, ORB_FEATURES, ORB_SIDE, Scene, embedding_cosine,
+                                       gate, mutual_matches, near_translation, scene_verify)
 
 
 def gray(rgb: np.ndarray) -> np.ndarray:
@@ -68,6 +68,25 @@ def chessboard(poses: int = 2) -> list[np.ndarray]:
     return views
 
 
+def object_in_clutter() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(an object photographed alone, filling its frame; the object put down
+    in a cluttered scene, turned slightly in perspective; the clutter alone)."""
+    obj = gray(data.astronaut())[30:330, 120:420]
+    tiles = [gray(data.coffee()), gray(data.chelsea()), gray(data.rocket()), data.camera(),
+             gray(data.immunohistochemistry()), data.moon(), data.text(), gray(data.hubble_deep_field()), data.brick()]
+    tiles = [cv2.resize(t, (320, 240), interpolation=cv2.INTER_AREA) for t in tiles]
+    clutter = np.vstack([np.hstack(tiles[k:k + 3]) for k in (0, 3, 6)])
+    h, w = obj.shape
+    x0, y0 = 560, 300
+    corners = np.float32([[x0, y0], [x0 + w, y0 + 8], [x0 + w - 6, y0 + h], [x0 + 4, y0 + h - 5]])
+    warp = cv2.getPerspectiveTransform(np.float32([[0, 0], [w, 0], [w, h], [0, h]]), corners)
+    size = (clutter.shape[1], clutter.shape[0])
+    inside = cv2.warpPerspective(np.full_like(obj, 255), warp, size) > 127
+    scene = clutter.copy()
+    scene[inside] = cv2.warpPerspective(obj, warp, size)[inside]
+    return obj, scene, clutter
+
+
 @pytest.fixture(scope="module")
 def method() -> Scene:
     return get_method("scene")
@@ -95,6 +114,41 @@ def test_viewpoint_change_of_a_3d_scene_matches(method):
     # the scene is not one plane: the fundamental matrix carries the evidence
     inliers, info = scene_verify(method.sift(method.extract(first)), method.sift(method.extract(second)))
     assert inliers > 0 and info["f_inliers"] > info["h_inliers"]
+
+
+def test_an_object_alone_and_in_clutter_matches(method):
+    """The object's photo and the cluttered scene share almost no ORB match
+    at orb's resolution; their embeddings pass the gate, and RootSIFT finds a
+    homography whose inliers fill the object's photo but only a corner of
+    the scene (too few grid cells for the rule of two views of one scene)."""
+    obj, scene, clutter = object_in_clutter()
+    fo, fs, fc = method.extract(obj), method.extract(scene), method.extract(clutter)
+    orb_score, orb_info = match(fo, fs, ORB_SIDE, ORB_FEATURES)
+    assert orb_score < method.default_threshold and orb_info["matches"] < GATE_MATCHES
+    assert embedding_cosine(fo, fs) >= method.params["embed_gate"]
+    inliers, info = scene_verify(method.sift(fo), method.sift(fs))
+    assert inliers == info["h_object"] > 0 and info["h_cov"] < MIN_COVERAGE
+    assert method.pair_score(fo, fs) >= method.default_threshold
+    assert method.pair_score(fo, fc) < method.default_threshold  # the clutter alone is not the object
+
+
+def test_candidates_include_the_nearest_by_embedding(method):
+    """ORB words propose each image's nearest by shared words; the embedding
+    adds each image's nearest by cosine, which ORB words may never reach."""
+    photos = [gray(getattr(data, name)()) for name in ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field",
+                                                       "immunohistochemistry")] + [data.camera(), data.coins()]
+    feats = [method.extract(p) for p in photos]
+    words = get_method("scene", candidates=1, embed_candidates=0)
+    pairs = lambda m: {tuple(sorted(p)) for p in zip(*[x.tolist() for x in m.candidates(m.stack(feats), 0.0)[:2]])}
+    by_words = pairs(words)
+    (far,) = [(0, j) for j in range(len(feats) - 1, 0, -1) if (0, j) not in by_words][:1]
+    rng = np.random.default_rng(5)
+    for f in feats:  # nearly orthogonal embeddings, except image 0's and its far partner's
+        vector = rng.normal(size=f["embed"].shape)
+        f["embed"] = (vector / np.linalg.norm(vector)).astype(np.float16)
+    feats[far[1]]["embed"] = feats[0]["embed"].copy()
+    both = pairs(get_method("scene", candidates=1, embed_candidates=1))
+    assert far in both and by_words <= both
 
 
 def test_score_is_symmetric_and_repeatable(method):
@@ -147,6 +201,9 @@ def test_listed_with_its_options():
     assert get_method("scene", scene_side=200).decode_side == 384  # orb's stage needs 384 px
     with pytest.raises(ValueError):
         get_method("scene", scene_side=10)
+    for bad in ({"embed_candidates": -1}, {"embed_gate": 0.0}):
+        with pytest.raises(ValueError):
+            get_method("scene", **bad)
 
 
 def test_gate_stops_unrelated_photos_before_sift(method):
