@@ -63,6 +63,11 @@ ORB_THRESHOLD = 0.63
 # whose embeddings are at least ``--embed-gate`` alike).
 GATE_MATCHES = 20
 EMBED_SIZE = 160  # input side of the candidate embedding's network
+# A pair let through by the embedding alone needs GATE_MATCHES ratio-test
+# matches between ORB keypoints found on a finer thumbnail (an object in
+# clutter is too small for 300 keypoints at 384 px).
+FINER_ORB_FEATURES = 500
+FINER_ORB_SIDE = 512
 EMBED_BATCH = 8  # images per network call (a batch gives each image the same numbers as alone)
 THUMB_QUALITY = 95  # JPEG quality of the stored thumbnail SIFT is found on
 SIFT_MEMORY = 1024  # RootSIFT features remembered per process (about 130 kB each)
@@ -387,19 +392,28 @@ class Scene(Method):
         """The RootSIFT keypoints of a feature (computed from its thumbnail)."""
         return sift_feature(feature["thumb"], self.params["scene_features"])
 
+    @staticmethod
+    def finer_orb(feature: dict) -> dict:
+        """ORB keypoints of a feature's thumbnail at ``FINER_ORB_SIDE`` (what :func:`match` reads)."""
+        gray = cv2.imdecode(feature["thumb"], cv2.IMREAD_GRAYSCALE) if len(feature["thumb"]) else None
+        if gray is None:
+            gray = np.zeros((0, 0), np.uint8)
+        return orb_feature(thumbnail(gray, FINER_ORB_SIDE) if gray.size else gray, FINER_ORB_SIDE, FINER_ORB_FEATURES)
+
     def stack(self, features):
         """The features, their bag of words (made when candidates are asked
         for), the RootSIFT keypoints found so far, and, in the scoring
         workers, the folder they share (see :func:`shared_sift`)."""
         folder = getattr(features, "folder", None)
-        return {"features": list(features), "bow": None, "sift": OrderedDict(),
+        return {"features": list(features), "bow": None, "sift": OrderedDict(), "finer": OrderedDict(),
                 "shared": os.path.join(folder, "sift") if folder else None}
 
-    def pair_score(self, a: dict, b: dict, sift=None, screen: bool = False) -> float:
+    def pair_score(self, a: dict, b: dict, sift=None, screen: bool = False, finer=None) -> float:
         """Similarity of two features; the same whichever comes first.
-        ``sift(feature)`` gives a feature's RootSIFT keypoints (default:
-        :meth:`sift`, computed again). With ``screen``, NaN for a pair that
-        needs the RootSIFT stage, which is then not run."""
+        ``sift(feature)`` gives a feature's RootSIFT keypoints and
+        ``finer(feature)`` its finer ORB keypoints (defaults: :meth:`sift`
+        and :meth:`finer_orb`, computed again). With ``screen``, NaN for a
+        pair that needs them, which are then not computed."""
         if tuple(a["key"]) > tuple(b["key"]):
             a, b = b, a
         if (np.array_equal(a["desc"], b["desc"]) and np.array_equal(a["points"], b["points"])
@@ -410,6 +424,13 @@ class Scene(Method):
             return first
         if screen:
             return float("nan")
+        if info.get("matches", 0) < GATE_MATCHES:
+            # Let through by the embedding alone: most such pairs are two
+            # photos of one kind of thing. ORB on a finer thumbnail (a
+            # twentieth of RootSIFT's cost) must find the matches first.
+            finer = finer or self.finer_orb
+            if match(finer(a), finer(b), FINER_ORB_SIDE, FINER_ORB_FEATURES)[1].get("matches", 0) < GATE_MATCHES:
+                return first
         sift = sift or self.sift
         inliers, _ = scene_verify(sift(a), sift(b))
         if inliers <= 0:
@@ -424,20 +445,27 @@ class Scene(Method):
                         dtype=np.float64)
 
     def score(self, stacked, i, j):
-        feats, memory = stacked["features"], stacked["sift"]
+        feats = stacked["features"]
 
-        def sift_of(index):
-            if index in memory:
-                memory.move_to_end(index)
-            else:
-                memory[index] = shared_sift(stacked["shared"], index, lambda: self.sift(feats[index]))
-                if len(memory) > SIFT_MEMORY:
-                    memory.popitem(last=False)
-            return memory[index]
+        def remembered(memory, compute):
+            """``of(index)``: ``compute(index)``, kept for the next pairs (the SIFT_MEMORY latest)."""
+            def of(index):
+                if index in memory:
+                    memory.move_to_end(index)
+                else:
+                    memory[index] = compute(index)
+                    if len(memory) > SIFT_MEMORY:
+                        memory.popitem(last=False)
+                return memory[index]
+            return of
 
+        sift_of = remembered(stacked["sift"], lambda index: shared_sift(stacked["shared"], index,
+                                                                        lambda: self.sift(feats[index])))
+        finer_of = remembered(stacked["finer"], lambda index: self.finer_orb(feats[index]))
         out = np.empty(len(i), np.float64)
         for k, (a, b) in enumerate(zip(i.tolist(), j.tolist())):
-            out[k] = self.pair_score(feats[a], feats[b], lambda f, a=a, b=b: sift_of(a if f is feats[a] else b))
+            which = lambda f, a=a, b=b: a if f is feats[a] else b
+            out[k] = self.pair_score(feats[a], feats[b], lambda f: sift_of(which(f)), finer=lambda f: finer_of(which(f)))
         return out
 
     def candidates(self, stacked, floor):
