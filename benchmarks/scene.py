@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--method", action="append", help="backend (repeatable); default phash, orb, scene")
     parser.add_argument("--code", type=Path, default=ROOT, help="the checkout to run [default: this one]")
     args = parser.parse_args()
-    bench = Path(args.bench)
+    bench = Path(args.bench).resolve()
     scorer = bench.parent / "score.py"
     env = dict(os.environ, PYTHONPATH=str(args.code.resolve()))
     rows = []
@@ -40,7 +40,7 @@ def main() -> None:
             start = time.perf_counter()
             subprocess.run([sys.executable, "-m", "clusterimg", "run", str(bench / "images"), "--method", method,
                             "--no-cache", "--transfer", "none", "--out", out], check=True, env=env,
-                           stdout=subprocess.DEVNULL)
+                           stdout=subprocess.DEVNULL, cwd=args.code.resolve())  # `-m` imports from the cwd first
             wall = time.perf_counter() - start
             text = subprocess.run([sys.executable, str(scorer), str(bench / "truth.json"), str(Path(out) / "clusters.json")],
                                   check=True, capture_output=True, text=True).stdout

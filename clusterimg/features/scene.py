@@ -14,7 +14,11 @@ backend is a cascade:
    (at least ``GATE_MATCHES`` ratio-test matches: two views of one scene keep
    dozens where the similarity / homography fit fails; unrelated photos keep a
    handful). Most candidate pairs of a photo collection are unrelated and stop
-   here, which is what keeps scene near orb's speed;
+   here, which is what keeps scene near orb's speed. A pair whose embeddings
+   (below) are at least ``embed_gate`` alike goes on too, if ORB keypoints
+   found on a finer thumbnail (500 at 512 px) give ``GATE_MATCHES``: an
+   object photographed alone and in clutter keeps almost no match at orb's
+   resolution, and most pairs of one kind of thing have none at either;
 3. the gated pair is matched with RootSIFT keypoints spread over the image (a
    grid-bucketed pick of the strongest responses; ratio test and mutual
    nearest neighbours by one exact integer matrix product) and verified with
@@ -22,7 +26,9 @@ backend is a cascade:
    fundamental matrix (any rigid 3-D scene). The fundamental matrix is weaker
    evidence (a point only has to lie on a line), so it needs more inliers, a
    larger share of the matches, and inliers that cover many cells of a grid
-   over both images, not one textured patch.
+   over both images, not one textured patch. A homography whose inliers cover
+   only a corner of one image counts when they fill the other (an object and
+   the same object in clutter).
 
 SIFT costs a tenth of a second per image, ten times ORB, so it is not
 extracted for every image: the feature keeps a JPEG of the grayscale
@@ -36,10 +42,7 @@ bag of ORB visual words (orb's), and its ``embed_candidates`` nearest by a
 small CNN embedding (EfficientNet-Lite0 on 160 px, the cnn backend's network).
 ORB words miss what changed most: a scene from 40 degrees further round, an
 object in clutter, where few ORB words survive; the embedding still puts such
-pairs among an image's first few neighbours. A pair whose embeddings agree
-(cosine >= ``embed_gate``) also passes the gate of step 2: an object
-photographed alone and in clutter keeps almost no ORB match at orb's
-resolution.
+pairs among an image's first few neighbours.
 """
 from __future__ import annotations
 
@@ -308,7 +311,8 @@ def embedding_cosine(a: dict, b: dict) -> float:
 
 class Scene(Method):
     name = "scene"
-    summary = "orb, then RootSIFT + homography / fundamental matrix: other viewpoints, stereo, video frames"
+    summary = ("orb, then RootSIFT + homography / fundamental matrix: other viewpoints, stereo, video frames, "
+               "an object in clutter")
     default_threshold = ORB_THRESHOLD
     options = (
         Option("scene_side", int, 640, "scene: longest side in px of the thumbnail RootSIFT keypoints are found on"),
@@ -342,6 +346,10 @@ class Scene(Method):
         self.decode_side = max(self.params["scene_side"], ORB_SIDE)
         from clusterimg.nn import efficientnet as ef
 
+        try:
+            ef.weights_path()
+        except ClusterimgError as e:
+            raise ValueError(str(e))  # a one-line usage error before any image is read
         try:
             # Built once here, not in every worker at once (as cnn does).
             self.onnx_dir = str(ef.model_file(input_size=EMBED_SIZE).parent)

