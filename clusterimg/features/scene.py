@@ -410,8 +410,8 @@ class Scene(Method):
 
     def stack(self, features):
         """The features, their bag of words (made when candidates are asked
-        for), the RootSIFT keypoints found so far, and, in the scoring
-        workers, the folder they share (see :func:`shared_sift`)."""
+        for), the RootSIFT and finer ORB keypoints found so far, and, in the
+        scoring workers, the folder they share (see :func:`shared_sift`)."""
         folder = getattr(features, "folder", None)
         return {"features": list(features), "bow": None, "sift": OrderedDict(), "finer": OrderedDict(),
                 "shared": os.path.join(folder, "sift") if folder else None}
@@ -472,8 +472,9 @@ class Scene(Method):
         finer_of = remembered(stacked["finer"], lambda index: self.finer_orb(feats[index]))
         out = np.empty(len(i), np.float64)
         for k, (a, b) in enumerate(zip(i.tolist(), j.tolist())):
-            which = lambda f, a=a, b=b: a if f is feats[a] else b
-            out[k] = self.pair_score(feats[a], feats[b], lambda f: sift_of(which(f)), finer=lambda f: finer_of(which(f)))
+            index = {id(feats[a]): a, id(feats[b]): b}
+            out[k] = self.pair_score(feats[a], feats[b], lambda f: sift_of(index[id(f)]),
+                                     finer=lambda f: finer_of(index[id(f)]))
         return out
 
     def candidates(self, stacked, floor):
