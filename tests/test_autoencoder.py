@@ -201,10 +201,10 @@ def test_the_depthwise_gradient_is_the_true_gradient(size, k, stride):
     import jax.numpy as jnp
 
     from clusterimg.nn import effnet_jax as E
+    from clusterimg.nn.efficientnet import same_pads
 
     def plain(x, w, b):
-        (ho, top, bottom), (wo, left, right) = (E._same_padding(size[0], k, stride),
-                                                E._same_padding(size[1], k, stride))
+        (top, bottom, ho), (left, right, wo) = same_pads(size[0], k, stride), same_pads(size[1], k, stride)
         return E._correlate(jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0))), w, stride, ho, wo) + b
 
     rng = np.random.default_rng(k * 10 + stride)

@@ -14,6 +14,8 @@ from functools import lru_cache, partial
 
 import numpy as np
 
+from clusterimg.nn.efficientnet import same_pads
+
 
 def _fold(w: np.ndarray, sd: dict, bn: str) -> tuple[np.ndarray, np.ndarray]:
     """Batch norm ``bn`` folded into conv weights ``w`` (output channels first)."""
@@ -57,13 +59,6 @@ def load_params(blocks: int) -> dict:
     return params_from_state_dict(load_torch_state_dict(weights_path()), blocks)
 
 
-def _same_padding(size: int, k: int, stride: int) -> tuple[int, int, int]:
-    """(output size, padding before, padding after) of TF "SAME" padding."""
-    out = -(-size // stride)
-    total = max((out - 1) * stride + k - size, 0)
-    return out, total // 2, total - total // 2
-
-
 def _correlate(xp, w, stride: int, ho: int, wo: int):
     """sum over the k x k taps of the strided slices of ``xp`` times ``w``
     (k, k, c): a depthwise correlation of an already padded input."""
@@ -90,7 +85,7 @@ def _depthwise_op():
     def forward(x, w, b, stride):
         n, h, wd, c = x.shape
         k = w.shape[0]
-        (ho, top, bottom), (wo, left, right) = _same_padding(h, k, stride), _same_padding(wd, k, stride)
+        (top, bottom, ho), (left, right, wo) = same_pads(h, k, stride), same_pads(wd, k, stride)
         xp = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
         return _correlate(xp, w, stride, ho, wo) + b, xp
 
@@ -106,7 +101,7 @@ def _depthwise_op():
         x, xp, w = res
         n, h, wd, c = x.shape
         k = w.shape[0]
-        (ho, top, _), (wo, left, _) = _same_padding(h, k, stride), _same_padding(wd, k, stride)
+        (top, _, ho), (left, _, wo) = same_pads(h, k, stride), same_pads(wd, k, stride)
         if stride > 1:  # the output gradient at the positions the taps started from
             dilated = jnp.zeros((n, stride * (ho - 1) + 1, stride * (wo - 1) + 1, c), g.dtype)
             g = dilated.at[:, ::stride, ::stride].set(g)
