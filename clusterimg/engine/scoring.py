@@ -20,6 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from clusterimg.cache import Cache, file_key
+from clusterimg.engine.search import scoring
 from clusterimg.features.base import Feature, Method
 
 # Pairs scored (and stored in the cache) at a time when a cache is in use.
@@ -91,7 +92,7 @@ class PairScorer:
         members = np.asarray(members, dtype=np.int64)
         i, j = np.asarray(i, dtype=np.int64), np.asarray(j, dtype=np.int64)
         if self.cache is None and not self.remember:
-            scores = np.asarray(_scoring(self.method, screen)(_resolve(stacked), i, j), dtype=np.float64)
+            scores = np.asarray(scoring(self.method, screen)(_resolve(stacked), i, j), dtype=np.float64)
             self.computed += int(np.count_nonzero(~np.isnan(scores)))
             return scores
         gi, gj = members[i], members[j]
@@ -144,9 +145,9 @@ class PairScorer:
         # Small pieces, each stored as soon as it is done: Ctrl-C in a slow
         # backend then loses at most one piece.
         piece = SCORE_PIECE if self.cache is not None else max(len(i), 1)
-        stacked, scoring = _resolve(stacked), _scoring(self.method, screen)
+        stacked, score = _resolve(stacked), scoring(self.method, screen)
         for start in range(0, len(i), piece):
-            yield start, np.asarray(scoring(stacked, i[start:start + piece], j[start:start + piece]),
+            yield start, np.asarray(score(stacked, i[start:start + piece], j[start:start + piece]),
                                     dtype=np.float64)
 
     def _parallel(self, count: int) -> bool:
@@ -222,10 +223,6 @@ class _LazyStack:
         if self.built is None:
             self.built = self.method.stack(self.features)
         return self.built
-
-
-def _scoring(method: Method, screen: bool):
-    return method.screen if screen else method.score
 
 
 def _resolve(stacked):
@@ -309,4 +306,4 @@ def _ready(_: int) -> bool:
 
 
 def _score_in_worker(i: np.ndarray, j: np.ndarray, screen: bool = False) -> np.ndarray:
-    return np.asarray(_scoring(_worker_state["method"], screen)(_worker_state["stacked"], i, j), dtype=np.float64)
+    return np.asarray(scoring(_worker_state["method"], screen)(_worker_state["stacked"], i, j), dtype=np.float64)

@@ -27,6 +27,11 @@ CHUNK = 4096  # pairs scored per call: bounds memory, lets progress move
 OPEN_CHUNK = 32
 
 
+def scoring(method: Method, screen: bool = False):
+    """The backend's screen or its score: what the search asks for."""
+    return method.screen if screen else method.score
+
+
 def all_pairs(n: int, chunk: int = CHUNK) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Every pair i < j of range(n), in chunks of about ``chunk`` pairs."""
     start = 0
@@ -132,7 +137,7 @@ def find_pairs(
     ``screens`` has every candidate screened first and only the pairs the
     screen leaves open, between images still apart, scored in full.
     """
-    score_fn = score_fn or (lambda a, b, screen=False: (method.screen if screen else method.score)(stacked, a, b))
+    score_fn = score_fn or (lambda a, b, screen=False: scoring(method, screen)(stacked, a, b))
     proposed = None if exhaustive else method.candidates(stacked, floor)
     chunk = getattr(method, "score_chunk", CHUNK)  # pairs per scoring call and progress step
     if proposed is None:
