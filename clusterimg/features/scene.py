@@ -265,10 +265,15 @@ def encode_thumbnail(gray: np.ndarray) -> np.ndarray:
     return buf.ravel().astype(np.uint8) if ok else np.zeros(0, np.uint8)
 
 
+def decode_thumbnail(thumb: np.ndarray) -> np.ndarray | None:
+    """The grayscale thumbnail stored by :func:`encode_thumbnail` (None for an empty one)."""
+    return cv2.imdecode(thumb, cv2.IMREAD_GRAYSCALE) if len(thumb) else None
+
+
 def sift_feature(thumb: np.ndarray, features: int) -> dict:
     """RootSIFT keypoints of a thumbnail stored by :func:`encode_thumbnail`:
     ``s_points``, ``s_desc`` and ``shape`` (what :func:`scene_verify` reads)."""
-    gray = cv2.imdecode(thumb, cv2.IMREAD_GRAYSCALE) if len(thumb) else None
+    gray = decode_thumbnail(thumb)
     if gray is None:
         return {"s_points": np.zeros((0, 2), np.float32), "s_desc": np.zeros((0, 128), np.uint8),
                 "shape": np.array([1, 1], np.int64)}
@@ -407,7 +412,7 @@ class Scene(Method):
     @staticmethod
     def finer_orb(feature: dict) -> dict:
         """ORB keypoints of a feature's thumbnail at ``FINER_ORB_SIDE`` (what :func:`match` reads)."""
-        gray = cv2.imdecode(feature["thumb"], cv2.IMREAD_GRAYSCALE) if len(feature["thumb"]) else None
+        gray = decode_thumbnail(feature["thumb"])
         if gray is None:
             gray = np.zeros((0, 0), np.uint8)
         return orb_feature(thumbnail(gray, FINER_ORB_SIDE) if gray.size else gray, FINER_ORB_SIDE, FINER_ORB_FEATURES)
